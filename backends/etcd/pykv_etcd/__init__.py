@@ -1,0 +1,1 @@
+"""pykv driver (work in progress)."""

@@ -1,0 +1,105 @@
+"""The pykv exception tree.
+
+Every error pykv raises derives from :class:`PyKVError`. A client library's exception never
+reaches the user unwrapped: each driver maps its client's errors in one place to the most
+specific class below and keeps the original as ``__cause__``::
+
+    PyKVError
+    ├── ConfigurationError          bad URL, option or environment; raised before any I/O
+    │   ├── InvalidURLError         the URL cannot be parsed
+    │   └── UnknownBackendError     no installed backend serves the URL's scheme
+    ├── InvalidKeyError             the key breaks the key rules; raised before any I/O
+    ├── KeyNotFoundError            get/list/atomic_* on a key that does not exist
+    ├── KeyExistsError              atomic_put(previous=None) on a key that exists
+    ├── KeyModifiedError            atomic_* whose previous revision is stale
+    ├── NotSupportedError           the backend cannot do this (see its capabilities)
+    ├── UnavailableError            the backend cannot be reached or refused the call
+    │   └── OperationTimeoutError   the call did not finish within the store's timeout
+    ├── PermissionDeniedError       wrong or missing credentials, or access denied
+    ├── LockError                   misuse of a lock (release when not held, double acquire)
+    │   └── LockLostError           the lock was lost while it was believed held
+    └── WatchClosedError            ``Watch.get`` on a watch that was closed
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "InvalidKeyError",
+    "InvalidURLError",
+    "KeyExistsError",
+    "KeyModifiedError",
+    "KeyNotFoundError",
+    "LockError",
+    "LockLostError",
+    "NotSupportedError",
+    "OperationTimeoutError",
+    "PermissionDeniedError",
+    "PyKVError",
+    "UnavailableError",
+    "UnknownBackendError",
+    "WatchClosedError",
+]
+
+
+class PyKVError(Exception):
+    """Base class of every error pykv raises."""
+
+
+class ConfigurationError(PyKVError):
+    """A URL, option or environment setting is wrong. Raised before any I/O."""
+
+
+class InvalidURLError(ConfigurationError):
+    """A store URL cannot be parsed."""
+
+
+class UnknownBackendError(ConfigurationError):
+    """No installed backend serves a URL scheme."""
+
+
+class InvalidKeyError(PyKVError, ValueError):
+    """A key breaks the key rules (empty, ``..`` segment, control character, too long)."""
+
+
+class KeyNotFoundError(PyKVError, KeyError):
+    """The key does not exist."""
+
+    def __str__(self) -> str:  # KeyError's repr-quoting would garble the message
+        return str(self.args[0]) if self.args else "key not found"
+
+
+class KeyExistsError(PyKVError):
+    """A create-only write found the key already present."""
+
+
+class KeyModifiedError(PyKVError):
+    """A compare-and-swap found a revision other than the expected one."""
+
+
+class NotSupportedError(PyKVError):
+    """The backend cannot perform this operation."""
+
+
+class UnavailableError(PyKVError):
+    """The backend cannot be reached, or it failed the call."""
+
+
+class OperationTimeoutError(UnavailableError, TimeoutError):
+    """The call did not finish within the store's timeout."""
+
+
+class PermissionDeniedError(PyKVError):
+    """The backend rejected the credentials, or they do not allow the call."""
+
+
+class LockError(PyKVError):
+    """A lock was used wrongly: released when not held, or acquired twice by one object."""
+
+
+class LockLostError(LockError):
+    """A lock was lost (session expired, key deleted, backend gone) while believed held."""
+
+
+class WatchClosedError(PyKVError):
+    """The watch was closed; no more events will come."""

@@ -1,0 +1,65 @@
+"""Key rules: normalisation and validation, done before any I/O."""
+
+from __future__ import annotations
+
+from ._errors import InvalidKeyError
+
+__all__ = ["MAX_KEY_BYTES", "join", "normalize_key", "normalize_prefix", "to_bytes"]
+
+MAX_KEY_BYTES = 1024
+
+
+def _check_segments(key: str, original: str, what: str) -> None:
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise InvalidKeyError(f"{what} {original!r} is longer than {MAX_KEY_BYTES} bytes (UTF-8)")
+    for ch in key:
+        if ord(ch) < 0x20 or ord(ch) == 0x7F:
+            raise InvalidKeyError(f"{what} {original!r} contains the control character {ch!r}")
+    for segment in key.split("/"):
+        if segment == "":
+            raise InvalidKeyError(f"{what} {original!r} has an empty segment ('//')")
+        if segment in (".", ".."):
+            raise InvalidKeyError(f"{what} {original!r} has a {segment!r} segment")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidKeyError(f"{what} {original!r} is not valid Unicode text") from exc
+
+
+def normalize_key(key: str) -> str:
+    """Return ``key`` without leading and trailing ``/``, or raise :class:`InvalidKeyError`.
+
+    ``a/b``, ``/a/b`` and ``a/b/`` are the same key. The empty key is invalid.
+    """
+    if not isinstance(key, str):
+        raise InvalidKeyError(f"a key must be a str, not {type(key).__name__}: {key!r}")
+    stripped = key.strip("/")
+    if stripped == "":
+        raise InvalidKeyError(f"the key {key!r} is empty")
+    _check_segments(stripped, key, "key")
+    return stripped
+
+
+def normalize_prefix(prefix: str) -> str:
+    """Like :func:`normalize_key`, but the empty prefix (the whole store) is allowed."""
+    if not isinstance(prefix, str):
+        raise InvalidKeyError(f"a prefix must be a str, not {type(prefix).__name__}: {prefix!r}")
+    stripped = prefix.strip("/")
+    if stripped == "":
+        return ""
+    _check_segments(stripped, prefix, "prefix")
+    return stripped
+
+
+def join(*parts: str) -> str:
+    """Join normalised keys and prefixes, skipping empty ones."""
+    return "/".join(p for p in parts if p)
+
+
+def to_bytes(value: bytes | bytearray | memoryview | str) -> bytes:
+    """A value as bytes: ``str`` is stored as its UTF-8 encoding."""
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise TypeError(f"a value must be bytes or str, not {type(value).__name__}")

@@ -1,0 +1,129 @@
+"""Typed store options.
+
+Each backend declares one frozen dataclass of options, derived from :class:`StoreOptions`.
+Values come from the URL's query string and from keyword arguments to ``open_store`` (keywords
+win). Text from the query string is coerced to the field's type; an unknown option, or a value
+that cannot be coerced, is a :class:`~pykv.ConfigurationError` naming the option.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from ._errors import ConfigurationError
+from ._url import SECRET_OPTIONS
+
+__all__ = ["DEFAULT_TIMEOUT", "StoreOptions", "TLSOptions", "build_options"]
+
+DEFAULT_TIMEOUT = 10.0
+
+OptionsT = TypeVar("OptionsT", bound="StoreOptions")
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """Options every store takes.
+
+    timeout: seconds every call may take before it fails (default 10).
+    prefix: a key prefix (chroot) that scopes every key the store touches.
+    """
+
+    timeout: float = DEFAULT_TIMEOUT
+    prefix: str = ""
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.timeout, int | float) and math.isfinite(self.timeout)) or (
+            self.timeout <= 0
+        ):
+            raise ConfigurationError(
+                f"option 'timeout' must be a positive number of seconds, not {self.timeout!r}"
+            )
+
+    def masked(self) -> dict[str, object]:
+        """The options as a dict, secrets masked, for logs and ``repr``."""
+        return {
+            f.name: (
+                "***"
+                if f.name in SECRET_OPTIONS and getattr(self, f.name)
+                else getattr(self, f.name)
+            )
+            for f in dataclasses.fields(self)
+        }
+
+
+@dataclass(frozen=True)
+class TLSOptions(StoreOptions):
+    """Options of network stores that speak TLS (``scheme+tls://`` or ``?tls=true``).
+
+    ca: CA bundle file to verify the server; cert/key: client certificate and key files;
+    verify: set false only for testing against self-signed servers.
+    """
+
+    tls: bool = False
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    verify: bool = True
+
+
+def _coerce(name: str, tp: Any, value: object) -> object:
+    """Coerce ``value`` (text from a URL, or a Python object) to the annotated type ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
+            return None
+        return _coerce(name, args[0], value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+        raise ConfigurationError(f"option {name!r} must be true or false, not {value!r}")
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ConfigurationError(f"option {name!r} must be a number, not {value!r}")
+        if isinstance(value, int | float):
+            return tp(value)
+        if isinstance(value, str):
+            try:
+                return tp(value)
+            except ValueError:
+                pass
+        raise ConfigurationError(f"option {name!r} must be a number, not {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if hasattr(value, "__fspath__"):
+            return str(value)
+        raise ConfigurationError(f"option {name!r} must be text, not {type(value).__name__}")
+    return value
+
+
+def build_options(
+    cls: type[OptionsT], scheme: str, query: Mapping[str, str], overrides: Mapping[str, object]
+) -> OptionsT:
+    """Build the backend's options from the URL query and keyword overrides (keywords win)."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+    merged: dict[str, object] = {**query, **overrides}
+    unknown = sorted(set(merged) - set(fields))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+            f"for {scheme}:// stores; known options: {', '.join(sorted(fields))}"
+        )
+    values = {name: _coerce(name, fields[name], value) for name, value in merged.items()}
+    try:
+        return cls(**values)  # type: ignore[arg-type]
+    except TypeError as exc:
+        raise ConfigurationError(f"invalid options for {scheme}:// stores: {exc}") from exc

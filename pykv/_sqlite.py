@@ -1,0 +1,726 @@
+"""``sqlite:///PATH`` — the embedded, persistent default store.
+
+URL form
+    ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db`` (as SQLAlchemy writes
+    them). ``sqlite://`` alone is the default file under the user's data directory
+    (see :func:`pykv.default_store_url`).
+
+Options
+    ``timeout`` (seconds, default 10): how long a call waits for the database lock;
+    ``prefix``: a key prefix; ``synchronous`` (``normal`` default, or ``full``/``off``):
+    SQLite's durability setting (``normal`` with WAL survives process crashes, ``full`` also
+    power loss); ``poll_interval`` (seconds, default 0.005): how often watches look for
+    commits of other processes.
+
+Capabilities
+    Everything: kv, atomic, ttl, watch, watch_tree, lock, shared (between processes on one
+    host), persistent. TTL slack: a TTL key of a killed process disappears within its TTL plus
+    0.5 s (the sweep interval). Several processes may use one file at once; it is stored in WAL
+    mode, so readers never block writers.
+
+Layout
+    Table ``pykv_kv(path, value, revision, owner, ttl, expires)`` holds keys at their full path;
+    a deleted key stays briefly as a tombstone row (``value`` NULL) so that watchers in other
+    processes see the deletion. ``pykv_locks`` holds lock bookkeeping and fencing tokens,
+    ``pykv_meta`` the schema version and the compaction mark. Revisions are global and grow with
+    every write. Expired TTL keys are invisible at once and swept (tombstoned) on access.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from ._errors import (
+    ConfigurationError,
+    KeyExistsError,
+    KeyModifiedError,
+    KeyNotFoundError,
+    OperationTimeoutError,
+    PyKVError,
+    UnavailableError,
+)
+from ._hub import Change, WatchHub
+from ._options import StoreOptions
+from ._store import Capability, KVPair, Lock, Store, Watch
+from ._url import StoreURL
+
+__all__ = ["SQLiteOptions", "SQLiteStore"]
+
+log = logging.getLogger("pykv.sqlite")
+
+SCHEMA_VERSION = 1
+#: Tombstones older than this many revisions are purged; watchers further behind re-read.
+TOMBSTONE_HISTORY = 10_000
+SWEEP_INTERVAL = 0.5
+PURGE_INTERVAL = 60.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pykv_kv (
+    path     TEXT PRIMARY KEY,
+    value    BLOB,
+    revision INTEGER NOT NULL,
+    owner    TEXT,
+    ttl      REAL,
+    expires  REAL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS pykv_kv_revision ON pykv_kv(revision);
+CREATE INDEX IF NOT EXISTS pykv_kv_expires ON pykv_kv(expires) WHERE expires IS NOT NULL;
+CREATE INDEX IF NOT EXISTS pykv_kv_owner ON pykv_kv(owner) WHERE owner IS NOT NULL;
+CREATE TABLE IF NOT EXISTS pykv_locks (
+    path    TEXT PRIMARY KEY,
+    holder  TEXT,
+    token   INTEGER NOT NULL,
+    expires REAL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pykv_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO pykv_meta VALUES ('schema_version', 1), ('compacted', 0);
+"""
+
+_LIVE = "value IS NOT NULL AND (expires IS NULL OR expires > ?)"
+_NEXT_REV = "(SELECT COALESCE(MAX(revision), 0) + 1 FROM pykv_kv)"
+_PUT = (
+    "INSERT INTO pykv_kv (path, value, revision, owner, ttl, expires) "
+    f"VALUES (?, ?, {_NEXT_REV}, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET "
+    "value = excluded.value, revision = excluded.revision, owner = excluded.owner, "
+    "ttl = excluded.ttl, expires = excluded.expires"
+)
+_TOMBSTONE = "value = NULL, owner = NULL, ttl = NULL, expires = NULL"
+
+
+@dataclass(frozen=True)
+class SQLiteOptions(StoreOptions):
+    """Options of ``sqlite://`` stores (see the module documentation)."""
+
+    synchronous: Literal["off", "normal", "full"] = "normal"
+    poll_interval: float = 0.005
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.synchronous not in ("off", "normal", "full"):
+            raise ConfigurationError(
+                f"option 'synchronous' must be off, normal or full, not {self.synchronous!r}"
+            )
+        if not 0 < self.poll_interval <= 1:
+            raise ConfigurationError("option 'poll_interval' must be in (0, 1] seconds")
+
+
+def _upper(range_start: str) -> str:
+    """The exclusive upper bound of every path starting with ``range_start`` ending in '/'."""
+    return range_start[:-1] + "0"  # '0' sorts right after '/'
+
+
+class SQLiteStore(Store):
+    """The embedded SQLite store. See the module documentation."""
+
+    schemes: ClassVar[tuple[str, ...]] = ("sqlite",)
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(Capability)
+    options_class: ClassVar[type[StoreOptions]] = SQLiteOptions
+    ttl_slack: ClassVar[float] = 1.0
+    options: SQLiteOptions
+
+    def __init__(self, url: StoreURL, options: StoreOptions) -> None:
+        super().__init__(url, options)
+        assert isinstance(options, SQLiteOptions)
+        if url.hosts:
+            raise ConfigurationError(
+                f"{url}: an sqlite URL has no host; write sqlite:///relative.db or "
+                "sqlite:////absolute/path.db"
+            )
+        if url.path:
+            self.path = url.path
+        else:
+            from ._defaults import default_sqlite_path
+
+            self.path = default_sqlite_path()
+        self._id = uuid.uuid4().hex
+        self._mutex = threading.RLock()
+        self._conn = self._connect(create=True)
+        self._next_sweep = 0.0
+        self._next_purge = time.monotonic() + PURGE_INTERVAL
+        # watches: one dispatcher thread per store, started with the first watch
+        self._hub = WatchHub()
+        self._dispatch_lock = threading.RLock()
+        self._dispatcher: threading.Thread | None = None
+        self._dispatch_conn: sqlite3.Connection | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._dispatched = 0
+        # keepalive of TTL keys and locks: one thread, started with the first of them
+        self._ttls: set[float] = set()
+        self._locks: set[_SQLiteLock] = set()
+        self._keepalive: threading.Thread | None = None
+        self._keepalive_wake = threading.Event()
+
+    # -- connections and errors ------------------------------------------------------------
+
+    def _where(self) -> str:
+        return f"the sqlite store {self.path!r}"
+
+    @contextlib.contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        """Map sqlite3's errors to pykv's, naming the file. The one place that does it."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            text = str(exc)
+            if "locked" in text or "busy" in text:
+                raise OperationTimeoutError(
+                    f"{what}: {self._where()} stayed locked by another connection for more "
+                    f"than the timeout ({self.timeout} s)"
+                ) from exc
+            if "unable to open" in text or "readonly" in text or "disk I/O" in text:
+                raise UnavailableError(f"{what}: cannot use {self._where()}: {text}") from exc
+            raise UnavailableError(f"{what} failed on {self._where()}: {text}") from exc
+        except sqlite3.DatabaseError as exc:
+            raise UnavailableError(
+                f"{what}: {self._where()} is not a usable SQLite database ({exc})"
+            ) from exc
+
+    def _connect(self, *, create: bool = False) -> sqlite3.Connection:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if create and not os.path.isdir(directory):
+            try:
+                os.makedirs(directory, exist_ok=True)
+            except OSError as exc:
+                raise UnavailableError(f"cannot create the directory {directory!r}: {exc}") from exc
+        with self._errors("open"):
+            conn = sqlite3.connect(
+                self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+            )
+            try:
+                conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+                if create:
+                    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                    if mode != "wal":
+                        log.warning("%s: journal mode is %s, not wal", self.path, mode)
+                    conn.executescript(_SCHEMA)
+                    version = conn.execute(
+                        "SELECT value FROM pykv_meta WHERE name = 'schema_version'"
+                    ).fetchone()[0]
+                    if version != SCHEMA_VERSION:
+                        raise ConfigurationError(
+                            f"{self._where()} has pykv schema {version}; this pykv reads "
+                            f"schema {SCHEMA_VERSION}"
+                        )
+                conn.execute(f"PRAGMA synchronous = {self.options.synchronous}")
+            except BaseException:
+                conn.close()
+                raise
+        return conn
+
+    @contextlib.contextmanager
+    def _write_txn(self, what: str) -> Iterator[sqlite3.Connection]:
+        with self._mutex, self._errors(what):
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        self._wake.set()
+
+    def _maybe_sweep(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + SWEEP_INTERVAL
+            self._sweep(self._conn, self._mutex)
+
+    def _sweep(
+        self, conn: sqlite3.Connection, mutex: contextlib.AbstractContextManager[object]
+    ) -> None:
+        """Tombstone expired TTL keys (of dead processes) so watchers see them go."""
+        with mutex, self._errors("sweep expired keys"):
+            now = time.time()
+            row = conn.execute(
+                "SELECT MIN(expires) FROM pykv_kv WHERE expires IS NOT NULL"
+            ).fetchone()
+            if row[0] is None or row[0] > now:
+                return
+            conn.execute(
+                f"UPDATE pykv_kv SET {_TOMBSTONE}, revision = {_NEXT_REV} "
+                "WHERE expires IS NOT NULL AND expires <= ?",
+                (now,),
+            )
+        self._wake.set()
+
+    def _purge(self, conn: sqlite3.Connection) -> None:
+        """Forget old tombstones, remembering up to which revision history was dropped."""
+        with self._errors("purge tombstones"):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                top = conn.execute("SELECT COALESCE(MAX(revision), 0) FROM pykv_kv").fetchone()[0]
+                mark = top - TOMBSTONE_HISTORY
+                if mark > 0:
+                    cur = conn.execute(
+                        "DELETE FROM pykv_kv WHERE value IS NULL AND revision < ?", (mark,)
+                    )
+                    if cur.rowcount:
+                        conn.execute(
+                            "UPDATE pykv_meta SET value = MAX(value, ?) WHERE name = 'compacted'",
+                            (mark,),
+                        )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    # -- keys and values -------------------------------------------------------------------
+
+    def _get(self, key: str) -> KVPair:
+        with self._mutex, self._errors(f"get {key!r}"):
+            row = self._conn.execute(
+                f"SELECT value, revision FROM pykv_kv WHERE path = ? AND {_LIVE}",
+                (self._path(key), time.time()),
+            ).fetchone()
+        if row is None:
+            raise KeyNotFoundError(f"{key!r} not found in {self}")
+        return KVPair(key, row[0], row[1])
+
+    def _exists(self, key: str) -> bool:
+        with self._mutex, self._errors(f"exists {key!r}"):
+            row = self._conn.execute(
+                f"SELECT 1 FROM pykv_kv WHERE path = ? AND {_LIVE}", (self._path(key), time.time())
+            ).fetchone()
+        return row is not None
+
+    def _owner_fields(self, ttl: float | None) -> tuple[str | None, float | None, float | None]:
+        if ttl is None:
+            return None, None, None
+        self._track_ttl(ttl)
+        return self._id, ttl, time.time() + ttl
+
+    def _put(self, key: str, value: bytes, ttl: float | None) -> None:
+        self._maybe_sweep()
+        owner, ttl_, expires = self._owner_fields(ttl)
+        with self._mutex, self._errors(f"put {key!r}"):
+            self._conn.execute(_PUT, (self._path(key), value, owner, ttl_, expires))
+        self._wake.set()
+
+    def _delete(self, key: str) -> None:
+        self._maybe_sweep()
+        with self._mutex, self._errors(f"delete {key!r}"):
+            self._conn.execute(
+                f"UPDATE pykv_kv SET {_TOMBSTONE}, revision = {_NEXT_REV} "
+                "WHERE path = ? AND value IS NOT NULL",
+                (self._path(key),),
+            )
+        self._wake.set()
+
+    def _list(self, prefix: str) -> list[KVPair]:
+        base = self._path(prefix)
+        lo = base + "/" if base else ""
+        with self._mutex, self._errors(f"list {prefix!r}"):
+            if base:
+                rows = self._conn.execute(
+                    "SELECT path, value, revision FROM pykv_kv WHERE path >= ? AND path < ? "
+                    f"AND {_LIVE} ORDER BY path",
+                    (lo, _upper(lo), time.time()),
+                ).fetchall()
+            else:
+                rows = self._conn.execute(
+                    f"SELECT path, value, revision FROM pykv_kv WHERE {_LIVE} ORDER BY path",
+                    (time.time(),),
+                ).fetchall()
+        rel = self._strip()
+        return [KVPair(p[rel:], v, r) for p, v, r in rows]
+
+    def _delete_tree(self, prefix: str) -> None:
+        base = self._path(prefix)
+        with self._mutex, self._errors(f"delete_tree {prefix!r}"):
+            if base:
+                lo = base + "/"
+                self._conn.execute(
+                    f"UPDATE pykv_kv SET {_TOMBSTONE}, revision = {_NEXT_REV} "
+                    "WHERE value IS NOT NULL AND (path = ? OR (path >= ? AND path < ?))",
+                    (base, lo, _upper(lo)),
+                )
+            else:
+                self._conn.execute(
+                    f"UPDATE pykv_kv SET {_TOMBSTONE}, revision = {_NEXT_REV} "
+                    "WHERE value IS NOT NULL"
+                )
+        self._wake.set()
+
+    def _current(self, conn: sqlite3.Connection, path: str) -> tuple[bytes, int] | None:
+        row = conn.execute(
+            f"SELECT value, revision FROM pykv_kv WHERE path = ? AND {_LIVE}", (path, time.time())
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def _check_previous(
+        self, key: str, current: tuple[bytes, int] | None, previous: KVPair | None
+    ) -> None:
+        if previous is None:
+            if current is not None:
+                raise KeyExistsError(f"{key!r} already exists in {self}")
+        elif current is None:
+            raise KeyNotFoundError(f"{key!r} not found in {self}")
+        elif current[1] != previous.revision:
+            raise KeyModifiedError(
+                f"{key!r} is at revision {current[1]}, not {previous.revision}, in {self}"
+            )
+
+    def _atomic_put(
+        self, key: str, value: bytes, previous: KVPair | None, ttl: float | None
+    ) -> KVPair:
+        path = self._path(key)
+        owner, ttl_, expires = self._owner_fields(ttl)
+        with self._write_txn(f"atomic_put {key!r}") as conn:
+            self._check_previous(key, self._current(conn, path), previous)
+            conn.execute(_PUT, (path, value, owner, ttl_, expires))
+            revision = conn.execute(
+                "SELECT revision FROM pykv_kv WHERE path = ?", (path,)
+            ).fetchone()[0]
+        return KVPair(key, value, revision)
+
+    def _atomic_delete(self, key: str, previous: KVPair) -> None:
+        path = self._path(key)
+        with self._write_txn(f"atomic_delete {key!r}") as conn:
+            self._check_previous(key, self._current(conn, path), previous)
+            conn.execute(
+                f"UPDATE pykv_kv SET {_TOMBSTONE}, revision = {_NEXT_REV} WHERE path = ?", (path,)
+            )
+
+    # -- watches ---------------------------------------------------------------------------
+
+    def _strip(self) -> int:
+        return len(self.prefix) + 1 if self.prefix else 0
+
+    def _ensure_dispatcher(self) -> sqlite3.Connection:
+        """Start the dispatcher (with the dispatch lock held); return its connection."""
+        if self._dispatcher is None:
+            conn = self._connect()
+            with self._errors("start watching"):
+                self._dispatched = conn.execute(
+                    "SELECT COALESCE(MAX(revision), 0) FROM pykv_kv"
+                ).fetchone()[0]
+            self._dispatch_conn = conn
+            self._dispatcher = threading.Thread(
+                target=self._dispatch_loop, name=f"pykv-sqlite-watch-{self.path}", daemon=True
+            )
+            self._dispatcher.start()
+        assert self._dispatch_conn is not None
+        return self._dispatch_conn
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[tuple[sqlite3.Connection, int]]:
+        """A read transaction on the dispatcher's connection, with its revision."""
+        with self._dispatch_lock:
+            conn = self._ensure_dispatcher()
+            with self._errors("watch"):
+                conn.execute("BEGIN")
+                try:
+                    rev = conn.execute("SELECT COALESCE(MAX(revision), 0) FROM pykv_kv").fetchone()[
+                        0
+                    ]
+                    yield conn, rev
+                finally:
+                    conn.execute("COMMIT")
+
+    def _read_path(self, conn: sqlite3.Connection, path: str) -> KVPair | None:
+        cur = self._current(conn, path)
+        return None if cur is None else KVPair(path, cur[0], cur[1])
+
+    def _read_tree(self, conn: sqlite3.Connection, base: str) -> list[KVPair]:
+        if base:
+            lo = base + "/"
+            rows = conn.execute(
+                "SELECT path, value, revision FROM pykv_kv WHERE path >= ? AND path < ? "
+                f"AND {_LIVE} ORDER BY path",
+                (lo, _upper(lo), time.time()),
+            ).fetchall()
+        else:
+            rows = conn.execute(
+                f"SELECT path, value, revision FROM pykv_kv WHERE {_LIVE} ORDER BY path",
+                (time.time(),),
+            ).fetchall()
+        return [KVPair(p, v, r) for p, v, r in rows]
+
+    def _watch(self, key: str) -> Watch[KVPair | None]:
+        path = self._path(key)
+        with self._snapshot() as (conn, rev):
+            pair = self._read_path(conn, path)
+            current = None if pair is None else KVPair(key, pair.value, pair.revision)
+            return self._hub.add_key(f"watch({key!r}) on {self}", path, self._strip(), current, rev)
+
+    def _watch_tree(self, prefix: str) -> Watch[list[KVPair]]:
+        base = self._path(prefix)
+        strip = self._strip()
+        with self._snapshot() as (conn, rev):
+            current = [
+                KVPair(p.key[strip:], p.value, p.revision) for p in self._read_tree(conn, base)
+            ]
+            return self._hub.add_tree(
+                f"watch_tree({prefix!r}) on {self}", base, strip, current, rev
+            )
+
+    def _dispatch_loop(self) -> None:
+        conn = self._dispatch_conn
+        assert conn is not None
+        data_version = -1
+        next_sweep = 0.0
+        interval = self.options.poll_interval
+        while not self._stop.is_set():
+            woken = self._wake.wait(interval)
+            if self._stop.is_set():
+                break
+            self._wake.clear()
+            try:
+                with self._dispatch_lock:
+                    now = time.monotonic()
+                    if now >= next_sweep:
+                        next_sweep = now + SWEEP_INTERVAL / 2
+                        self._sweep(conn, contextlib.nullcontext())
+                        if now >= self._next_purge:
+                            self._next_purge = now + PURGE_INTERVAL
+                            self._purge(conn)
+                    version = conn.execute("PRAGMA data_version").fetchone()[0]
+                    if not woken and version == data_version:
+                        continue
+                    data_version = version
+                    self._dispatch_once(conn)
+            except PyKVError as exc:
+                log.warning("watching %s: %s (retrying)", self, exc)
+                time.sleep(min(1.0, self.timeout))
+            except Exception as exc:  # an unknown failure ends the watches with the error
+                log.exception("watch dispatcher of %s failed", self)
+                self._hub.fail_all(UnavailableError(f"watching {self} failed: {exc}"))
+                return
+
+    def _dispatch_once(self, conn: sqlite3.Connection) -> None:
+        with self._errors("read changes"):
+            conn.execute("BEGIN")
+            try:
+                compacted = conn.execute(
+                    "SELECT value FROM pykv_meta WHERE name = 'compacted'"
+                ).fetchone()[0]
+                if compacted > self._dispatched:
+                    top = conn.execute("SELECT COALESCE(MAX(revision), 0) FROM pykv_kv").fetchone()[
+                        0
+                    ]
+                    self._hub.resync(
+                        lambda p: self._read_path(conn, p),
+                        lambda b: self._read_tree(conn, b),
+                        top,
+                    )
+                    self._dispatched = top
+                    return
+                rows = conn.execute(
+                    "SELECT revision, path, value, expires FROM pykv_kv WHERE revision > ? "
+                    "ORDER BY revision",
+                    (self._dispatched,),
+                ).fetchall()
+            finally:
+                conn.execute("COMMIT")
+        if not rows:
+            return
+        now = time.time()
+        self._dispatched = rows[-1][0]
+        self._hub.apply(
+            Change(rev, path, None if expires is not None and expires <= now else value)
+            for rev, path, value, expires in rows
+        )
+
+    # -- TTL keepalive and locks -----------------------------------------------------------
+
+    def _track_ttl(self, ttl: float) -> None:
+        with self._mutex:
+            if ttl not in self._ttls:
+                self._ttls.add(ttl)
+                self._keepalive_wake.set()
+            self._ensure_keepalive()
+
+    def _ensure_keepalive(self) -> None:
+        if self._keepalive is None:
+            self._keepalive = threading.Thread(
+                target=self._keepalive_loop,
+                name=f"pykv-sqlite-keepalive-{self.path}",
+                daemon=True,
+            )
+            self._keepalive.start()
+
+    def _keepalive_interval(self) -> float:
+        ttls = list(self._ttls) + [lock.ttl for lock in list(self._locks)]
+        return max(0.05, min(ttls) / 3) if ttls else 1.0
+
+    def _keepalive_loop(self) -> None:
+        conn = self._connect()
+        try:
+            while not self._stop.is_set():
+                self._keepalive_wake.wait(self._keepalive_interval())
+                self._keepalive_wake.clear()
+                if self._stop.is_set():
+                    break
+                try:
+                    self._refresh(conn)
+                except PyKVError as exc:
+                    log.warning("keeping TTL keys of %s alive failed: %s", self, exc)
+                for lock in list(self._locks):
+                    lock._renew(conn)
+        finally:
+            conn.close()
+
+    def _refresh(self, conn: sqlite3.Connection) -> None:
+        if not self._ttls:
+            return
+        with self._errors("refresh TTL keys"):
+            conn.execute(
+                "UPDATE pykv_kv SET expires = ? + ttl WHERE owner = ? AND value IS NOT NULL",
+                (time.time(), self._id),
+            )
+
+    def _lock(self, key: str, value: bytes, ttl: float) -> Lock:
+        return _SQLiteLock(self, key, value, ttl)
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def _close(self) -> None:
+        for lock in list(self._locks):
+            with contextlib.suppress(PyKVError):
+                lock._cleanup_lost() if lock.lost.is_set() else lock.release()
+        try:
+            if self._ttls:
+                with self._mutex, self._errors("close"):
+                    self._conn.execute(
+                        f"UPDATE pykv_kv SET {_TOMBSTONE}, revision = {_NEXT_REV} "
+                        "WHERE owner = ? AND value IS NOT NULL",
+                        (self._id,),
+                    )
+        finally:
+            self._stop.set()
+            self._wake.set()
+            self._keepalive_wake.set()
+            for thread in (self._dispatcher, self._keepalive):
+                if thread is not None and thread is not threading.current_thread():
+                    thread.join(timeout=self.timeout)
+            self._hub.close_all()
+            with self._mutex:
+                self._conn.close()
+            if self._dispatch_conn is not None:
+                self._dispatch_conn.close()
+
+
+class _SQLiteLock(Lock):
+    store: SQLiteStore
+
+    def __init__(self, store: SQLiteStore, key: str, value: bytes, ttl: float) -> None:
+        super().__init__(store, key, value, ttl)
+        self._holder = ""
+        self._expires = 0.0
+
+    def _try(self) -> tuple[int | None, float]:
+        """One attempt: (token, 0) when acquired, else (None, the holder's expiry time)."""
+        store = self.store
+        path = store._path(self.key)
+        holder = uuid.uuid4().hex
+        with store._write_txn(f"lock {self.key!r}") as conn:
+            now = time.time()
+            row = conn.execute(
+                "SELECT holder, token, expires FROM pykv_locks WHERE path = ?", (path,)
+            ).fetchone()
+            if row is not None and row[0] is not None and row[2] > now:
+                return None, row[2]
+            token = (row[1] if row is not None else 0) + 1
+            expires = now + self.ttl
+            conn.execute(
+                "INSERT INTO pykv_locks (path, holder, token, expires) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (path) DO UPDATE SET holder = excluded.holder, "
+                "token = excluded.token, expires = excluded.expires",
+                (path, holder, token, expires),
+            )
+            conn.execute(_PUT, (path, self.value, holder, self.ttl, expires))
+        self._holder, self._expires = holder, expires
+        return token, 0.0
+
+    def _acquire(self, timeout: float | None) -> int | None:
+        store = self.store
+        deadline = None if timeout is None else time.monotonic() + timeout
+        watch: Watch[KVPair | None] | None = None
+        try:
+            while True:
+                token, holder_expires = self._try()
+                if token is not None:
+                    with store._mutex:
+                        store._locks.add(self)
+                        store._ensure_keepalive()
+                    store._keepalive_wake.set()
+                    return token
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                if watch is None:  # wake up when the lock key changes (released, swept)
+                    watch = store.watch(self.key)
+                    continue
+                wait = max(0.01, min(1.0, holder_expires - time.time() + 0.01))
+                if remaining is not None:
+                    wait = min(wait, remaining)
+                with contextlib.suppress(TimeoutError):
+                    watch.get(timeout=wait)
+                store._check_open()
+        finally:
+            if watch is not None:
+                watch.close()
+
+    def _renew(self, conn: sqlite3.Connection) -> None:
+        """Called by the store's keepalive thread."""
+        if not self._held or self.lost.is_set():
+            return
+        store = self.store
+        path = store._path(self.key)
+        try:
+            with store._errors(f"renew lock {self.key!r}"):
+                now = time.time()
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    held = conn.execute(
+                        "UPDATE pykv_locks SET expires = ? WHERE path = ? AND holder = ?",
+                        (now + self.ttl, path, self._holder),
+                    ).rowcount
+                    present = conn.execute(
+                        "UPDATE pykv_kv SET expires = ? WHERE path = ? AND owner = ? "
+                        "AND value IS NOT NULL",
+                        (now + self.ttl, path, self._holder),
+                    ).rowcount
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+        except PyKVError as exc:
+            if time.time() > self._expires - self.ttl / 3:
+                self._mark_lost(f"could not renew it in time: {exc}")
+            return
+        if not held:
+            self._mark_lost("another holder took it over")
+        elif not present:
+            self._mark_lost("its key was deleted or overwritten")
+            # keep holding the bookkeeping row until the holder releases, so nobody else
+            # acquires before this holder has been told
+        else:
+            self._expires = now + self.ttl
+
+    def _release(self) -> None:
+        store = self.store
+        path = store._path(self.key)
+        with store._mutex:
+            store._locks.discard(self)
+        with store._write_txn(f"unlock {self.key!r}") as conn:
+            conn.execute(
+                "UPDATE pykv_locks SET holder = NULL, expires = NULL WHERE path = ? AND holder = ?",
+                (path, self._holder),
+            )
+            conn.execute(
+                f"UPDATE pykv_kv SET {_TOMBSTONE}, revision = {_NEXT_REV} "
+                "WHERE path = ? AND owner = ? AND value IS NOT NULL",
+                (path, self._holder),
+            )

@@ -1,0 +1,543 @@
+"""The store interface: :class:`Store`, :class:`KVPair`, :class:`Watch` and :class:`Lock`.
+
+This module is the specification every backend implements; the semantics below are the pykv
+contract and the shared conformance suite (:mod:`pykv.testing`) checks them on every backend.
+
+Keys
+    A key is a ``/``-separated path of one or more segments. Leading and trailing ``/`` are
+    ignored, so ``a/b``, ``/a/b`` and ``a/b/`` are one key. Empty segments (``a//b``), ``.`` and
+    ``..`` segments, control characters and keys over 1024 UTF-8 bytes raise
+    :class:`~pykv.InvalidKeyError` before any I/O. Directories are implicit: only leaf keys
+    exist, and a key may have both a value and children. Keys live at their natural path below
+    the store's prefix and hold the raw value, so the backend's own tools read and write the
+    same data; lock bookkeeping and pykv metadata live elsewhere.
+
+Values
+    Values are ``bytes``; a ``str`` is stored as its UTF-8 encoding. Empty values are allowed.
+
+Revisions
+    Every :class:`KVPair` carries a ``revision``: an int that changes on every write of the key
+    and grows monotonically (Consul ModifyIndex, etcd mod revision / modifiedIndex, ZooKeeper
+    mzxid). Compare-and-swap compares it.
+
+Timeouts
+    Every call is bounded by the store's ``timeout`` option (default 10 s). An unreachable
+    backend raises :class:`~pykv.UnavailableError` or :class:`~pykv.OperationTimeoutError`
+    naming the backend and its address; nothing hangs.
+"""
+
+from __future__ import annotations
+
+import abc
+import builtins
+import collections
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
+
+from ._errors import KeyNotFoundError, LockError, LockLostError, PyKVError, WatchClosedError
+from ._keys import join, normalize_key, normalize_prefix, to_bytes
+from ._options import StoreOptions
+from ._url import StoreURL
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = ["Capability", "KVPair", "Lock", "Store", "Value", "Watch"]
+
+log = logging.getLogger("pykv")
+
+Value = bytes | bytearray | memoryview | str
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class KVPair:
+    """A key, its value and its revision.
+
+    ``key`` is relative to the store's prefix, without leading or trailing ``/``.
+    ``revision`` changes on every write of the key and grows monotonically.
+    """
+
+    key: str
+    value: bytes
+    revision: int
+
+
+class Capability(str, enum.Enum):
+    """What a backend can do. Declared by each store class; checked by ``open_store(require=)``.
+
+    A declared capability whose operation raises :class:`~pykv.NotSupportedError` is a bug,
+    and the conformance suite fails it.
+    """
+
+    #: get/put/delete/exists/list/delete_tree.
+    KV = "kv"
+    #: atomic_put/atomic_delete (compare-and-swap on revisions).
+    ATOMIC = "atomic"
+    #: put(..., ttl=) ephemeral keys that live as long as the writing store.
+    TTL = "ttl"
+    #: watch(key).
+    WATCH = "watch"
+    #: watch_tree(prefix).
+    WATCH_TREE = "watch_tree"
+    #: lock(key) with fencing tokens.
+    LOCK = "lock"
+    #: data, TTL keys, watches and locks shared between processes (and hosts for servers).
+    SHARED = "shared"
+    #: data survives the close of every store and a restart of the process.
+    PERSISTENT = "persistent"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Watch(Generic[T]):
+    """A stream of events: an iterator and a context manager.
+
+    The first event is the current state: the :class:`KVPair`, or ``None`` when the key is
+    absent (watching a key that does not exist yet is allowed); for ``watch_tree`` the full
+    sorted list below the prefix, possibly empty. Then one event for each change seen. Rapid
+    changes may be coalesced, but the last state is always delivered, and a deletion always
+    produces ``None`` (or a snapshot without the key). Every ``watch_tree`` event is a full
+    snapshot, never a delta. A watch survives reconnects of the backend. When it cannot go on,
+    iteration raises the error; it never stops silently. :meth:`close` ends the iteration.
+
+    Drivers feed a watch with :meth:`_emit` and :meth:`_fail` from their own threads.
+    """
+
+    def __init__(self, description: str, on_close: Callable[[], None] | None = None) -> None:
+        self.description = description
+        self._on_close = on_close
+        self._events: collections.deque[T] = collections.deque()
+        self._cond = threading.Condition()
+        self._error: BaseException | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<Watch {self.description} {state}>"
+
+    # -- consumer side -------------------------------------------------------------------
+
+    def get(self, timeout: float | None = None) -> T:
+        """The next event. Raises :class:`TimeoutError` when none comes within ``timeout``
+        seconds, the watch's error when it failed, and :class:`~pykv.WatchClosedError` once
+        closed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not self._events:
+                if self._closed:
+                    raise WatchClosedError(f"{self.description} is closed")
+                if self._error is not None:
+                    raise self._error
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"no event on {self.description} within {timeout} s")
+                self._cond.wait(remaining)
+            return self._events.popleft()
+
+    def __iter__(self) -> Iterator[T]:
+        return self
+
+    def __next__(self) -> T:
+        try:
+            return self.get()
+        except WatchClosedError:
+            raise StopIteration from None
+
+    def close(self) -> None:
+        """End the watch and release its resources. Idempotent."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._events.clear()
+            self._cond.notify_all()
+        if self._on_close is not None:
+            try:
+                self._on_close()
+            except Exception:  # closing must not fail the caller
+                log.exception("error while closing %s", self.description)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- producer side (drivers) ---------------------------------------------------------
+
+    def _emit(self, event: T) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            self._events.append(event)
+            self._cond.notify_all()
+
+    def _fail(self, error: BaseException) -> None:
+        """End the stream with ``error``: events already queued are delivered first."""
+        with self._cond:
+            if self._closed or self._error is not None:
+                return
+            self._error = error
+            self._cond.notify_all()
+
+
+class Lock(abc.ABC):
+    """A distributed lock on a key. Use it as a context manager::
+
+        with store.lock("jobs/leader", ttl=10) as lock:
+            do_work(fencing_token=lock.token)
+
+    * Only one holder at a time per key, across processes and hosts.
+    * While held, ``store.get(key)`` returns the lock's ``value``; bookkeeping keys never show
+      in ``list()`` or ``watch_tree()``. The key disappears when the lock is released.
+    * The lock is renewed in the background while held. When the holder can no longer be sure
+      it holds it (session expired, key deleted, backend unreachable for longer than the TTL),
+      :attr:`lost` is set before another client can acquire it.
+    * If the holder dies, another client can acquire it within ``ttl`` plus the backend's slack.
+    * :attr:`token` is a fencing token: an int that strictly increases with every acquisition of
+      that key, by any client.
+    * :meth:`release` of a lock not held, and :meth:`acquire` of a lock this object already
+      holds, raise :class:`~pykv.LockError`. Leaving a ``with`` block after the lock was lost
+      raises :class:`~pykv.LockLostError` (unless another exception is already in flight).
+    """
+
+    def __init__(self, store: Store, key: str, value: bytes, ttl: float) -> None:
+        self.store = store
+        self.key = key
+        self.value = value
+        self.ttl = ttl
+        #: Set when the lock is lost while held; cleared by the next acquire.
+        self.lost = threading.Event()
+        self._token: int | None = None
+        self._held = False
+        self._mutex = threading.RLock()
+
+    def __repr__(self) -> str:
+        state = "lost" if self.lost.is_set() else "held" if self._held else "free"
+        return f"<{type(self).__name__} {self.key!r} on {self.store} {state} token={self._token}>"
+
+    @property
+    def held(self) -> bool:
+        """True while this object holds the lock and has not lost it."""
+        return self._held and not self.lost.is_set()
+
+    @property
+    def token(self) -> int | None:
+        """The fencing token of the current (or last) acquisition; None before the first."""
+        return self._token
+
+    def acquire(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds (forever when None) for the lock. True if acquired."""
+        if timeout is not None and timeout < 0:
+            raise ValueError("timeout must be >= 0")
+        with self._mutex:
+            if self._held and not self.lost.is_set():
+                raise LockError(f"lock {self.key!r} is already held by this Lock object")
+            if self._held:  # lost: drop what remains of the previous hold first
+                self._cleanup_lost()
+            self.store._check_open()
+            self.lost.clear()
+            token = self._acquire(timeout)
+            if token is None:
+                return False
+            self._token = token
+            self._held = True
+            log.debug("acquired lock %r on %s (token %d)", self.key, self.store, token)
+            return True
+
+    def release(self) -> None:
+        """Release the lock. Raises :class:`~pykv.LockError` when it is not held, and
+        :class:`~pykv.LockLostError` when it was lost meanwhile (its remains are cleaned up)."""
+        with self._mutex:
+            if not self._held:
+                raise LockError(f"lock {self.key!r} is not held")
+            if self.lost.is_set():
+                self._cleanup_lost()
+                raise LockLostError(f"lock {self.key!r} was lost before it was released")
+            try:
+                self._release()
+            finally:
+                self._held = False
+            log.debug("released lock %r on %s", self.key, self.store)
+
+    def _cleanup_lost(self) -> None:
+        self._held = False
+        try:
+            self._release()
+        except PyKVError:
+            log.debug("cleanup of lost lock %r failed", self.key, exc_info=True)
+
+    def _mark_lost(self, reason: str) -> None:
+        """Drivers call this from their renewal threads when the hold is no longer certain."""
+        if self._held and not self.lost.is_set():
+            log.warning("lock %r on %s lost: %s", self.key, self.store, reason)
+            self.lost.set()
+
+    def __enter__(self) -> Self:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with self._mutex:
+            if not self._held:
+                return
+            if self.lost.is_set():
+                self._cleanup_lost()
+                if exc_type is None:
+                    raise LockLostError(f"lock {self.key!r} was lost inside its with-block")
+                return
+            self.release()
+
+    @abc.abstractmethod
+    def _acquire(self, timeout: float | None) -> int | None:
+        """Acquire, waiting up to ``timeout``; return the fencing token, or None on timeout."""
+
+    @abc.abstractmethod
+    def _release(self) -> None:
+        """Give the lock up and delete its key. Called with the lock held (or lost)."""
+
+
+class Store(abc.ABC):
+    """A key-value store: the one interface of every pykv backend.
+
+    Open one with :func:`pykv.open_store`; it is a context manager, and :meth:`close` releases
+    its locks and ephemeral keys. Methods are thread-safe. ``str(store)`` shows its URL with
+    secrets masked.
+
+    Drivers implement the underscored methods; they receive keys already validated and
+    normalised (relative to the prefix), values as bytes, and map their client library's errors
+    to pykv's in one place.
+    """
+
+    #: URL schemes this class serves (the entry-point names it is registered under).
+    schemes: ClassVar[tuple[str, ...]] = ()
+    #: What this backend can do.
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    #: The dataclass of options this backend takes.
+    options_class: ClassVar[type[StoreOptions]] = StoreOptions
+    #: The distribution that provides this backend, shown in error messages.
+    distribution: ClassVar[str] = "pykv"
+    #: Seconds a TTL key or a dead holder's lock may outlive its TTL on this backend.
+    ttl_slack: ClassVar[float] = 0.0
+
+    def __init__(self, url: StoreURL, options: StoreOptions) -> None:
+        self.url = url
+        self.options = options
+        self.prefix = normalize_prefix(options.prefix)
+        self.timeout = options.timeout
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+    def __str__(self) -> str:
+        return str(self.url)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.url}{' closed' if self._closed else ''}>"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise PyKVError(f"the store {self} is closed")
+
+    def _path(self, key: str) -> str:
+        """The absolute backend path of a normalised key (prefix joined, no leading ``/``)."""
+        return join(self.prefix, key)
+
+    def _relative(self, path: str) -> str:
+        """Inverse of :meth:`_path`."""
+        path = path.strip("/")
+        if not self.prefix:
+            return path
+        return path[len(self.prefix) + 1 :] if path != self.prefix else ""
+
+    # -- the public interface -------------------------------------------------------------
+
+    def get(self, key: str) -> KVPair:
+        """The key's value and revision. Raises :class:`~pykv.KeyNotFoundError`."""
+        self._check_open()
+        return self._get(normalize_key(key))
+
+    def put(self, key: str, value: Value, *, ttl: float | None = None) -> None:
+        """Write ``value`` at ``key``.
+
+        With ``ttl`` (seconds) the key is ephemeral: pykv keeps it alive in the background while
+        this store is open, and the backend removes it no later than ``ttl`` (plus the backend's
+        :attr:`ttl_slack`) after the store is closed, its process dies or it loses the backend.
+        A later plain ``put`` makes the key persistent again.
+        """
+        self._check_open()
+        k, v = normalize_key(key), to_bytes(value)
+        self._put(k, v, _check_ttl(ttl))
+
+    def delete(self, key: str) -> None:
+        """Delete ``key``. Deleting a missing key is a no-op."""
+        self._check_open()
+        self._delete(normalize_key(key))
+
+    def exists(self, key: str) -> bool:
+        """True when ``key`` has a value."""
+        self._check_open()
+        return self._exists(normalize_key(key))
+
+    def list(self, prefix: str = "") -> builtins.list[KVPair]:
+        """Every key strictly below ``prefix``, recursively, sorted by key.
+
+        Never ``prefix`` itself and never string-prefix siblings (``prefixX``). The empty prefix
+        means the whole store. Raises :class:`~pykv.KeyNotFoundError` when nothing is below the
+        prefix and the prefix itself is absent.
+        """
+        self._check_open()
+        p = normalize_prefix(prefix)
+        pairs = self._list(p)
+        if not pairs and p and not self._exists(p):
+            raise KeyNotFoundError(f"nothing at or below {p!r} in {self}")
+        return pairs
+
+    def delete_tree(self, prefix: str) -> None:
+        """Delete ``prefix`` and everything below it (the empty prefix: the whole store)."""
+        self._check_open()
+        self._delete_tree(normalize_prefix(prefix))
+
+    def atomic_put(
+        self, key: str, value: Value, previous: KVPair | None, *, ttl: float | None = None
+    ) -> KVPair:
+        """Compare-and-swap write; returns the new pair.
+
+        ``previous=None`` creates only: :class:`~pykv.KeyExistsError` if the key exists.
+        Otherwise :class:`~pykv.KeyModifiedError` if the key's revision is not
+        ``previous.revision``, and :class:`~pykv.KeyNotFoundError` if the key is gone.
+        """
+        self._check_open()
+        k, v = normalize_key(key), to_bytes(value)
+        if previous is not None and not isinstance(previous, KVPair):
+            raise TypeError("previous must be a KVPair or None")
+        return self._atomic_put(k, v, previous, _check_ttl(ttl))
+
+    def atomic_delete(self, key: str, previous: KVPair) -> None:
+        """Delete ``key`` if its revision is still ``previous.revision``.
+
+        Raises :class:`~pykv.KeyModifiedError` on a mismatch, :class:`~pykv.KeyNotFoundError`
+        when the key is absent.
+        """
+        self._check_open()
+        if not isinstance(previous, KVPair):
+            raise TypeError("previous must be a KVPair")
+        self._atomic_delete(normalize_key(key), previous)
+
+    def watch(self, key: str) -> Watch[KVPair | None]:
+        """Watch one key: first its current state (or None), then every change."""
+        self._check_open()
+        return self._watch(normalize_key(key))
+
+    def watch_tree(self, prefix: str = "") -> Watch[builtins.list[KVPair]]:
+        """Watch everything below ``prefix``: full sorted snapshots, first the current one."""
+        self._check_open()
+        return self._watch_tree(normalize_prefix(prefix))
+
+    def lock(self, key: str, *, value: Value = b"", ttl: float = 15) -> Lock:
+        """A :class:`Lock` on ``key`` (not yet held). ``value`` is readable at ``key`` while
+        the lock is held; ``ttl`` bounds how long a dead holder keeps it."""
+        self._check_open()
+        ttl_checked = _check_ttl(ttl)
+        assert ttl_checked is not None
+        return self._lock(normalize_key(key), to_bytes(value), ttl_checked)
+
+    def close(self) -> None:
+        """Release this store's locks and ephemeral keys and its connections. Idempotent."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self._close()
+        finally:
+            log.debug("closed %s", self)
+
+    # -- what drivers implement -----------------------------------------------------------
+
+    @abc.abstractmethod
+    def _get(self, key: str) -> KVPair: ...
+
+    @abc.abstractmethod
+    def _put(self, key: str, value: bytes, ttl: float | None) -> None: ...
+
+    @abc.abstractmethod
+    def _delete(self, key: str) -> None: ...
+
+    def _exists(self, key: str) -> bool:
+        try:
+            self._get(key)
+        except KeyNotFoundError:
+            return False
+        return True
+
+    @abc.abstractmethod
+    def _list(self, prefix: str) -> builtins.list[KVPair]: ...
+
+    @abc.abstractmethod
+    def _delete_tree(self, prefix: str) -> None: ...
+
+    @abc.abstractmethod
+    def _atomic_put(
+        self, key: str, value: bytes, previous: KVPair | None, ttl: float | None
+    ) -> KVPair: ...
+
+    @abc.abstractmethod
+    def _atomic_delete(self, key: str, previous: KVPair) -> None: ...
+
+    @abc.abstractmethod
+    def _watch(self, key: str) -> Watch[KVPair | None]: ...
+
+    @abc.abstractmethod
+    def _watch_tree(self, prefix: str) -> Watch[builtins.list[KVPair]]: ...
+
+    @abc.abstractmethod
+    def _lock(self, key: str, value: bytes, ttl: float) -> Lock: ...
+
+    @abc.abstractmethod
+    def _close(self) -> None: ...
+
+
+def _check_ttl(ttl: float | None) -> float | None:
+    if ttl is None:
+        return None
+    checked: object = ttl
+    if isinstance(checked, bool) or not isinstance(checked, int | float) or not checked > 0:
+        raise ValueError(f"ttl must be a positive number of seconds, not {ttl!r}")
+    return float(checked)
