@@ -12,8 +12,6 @@
 See :class:`pykv.Store` for the contract every backend follows.
 """
 
-from __future__ import annotations
-
 from ._defaults import default_store_url
 from ._errors import (
     ConfigurationError,

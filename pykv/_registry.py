@@ -68,7 +68,7 @@ def load_backend(scheme: str) -> type[Store]:
             close = difflib.get_close_matches(scheme, known, n=1)
             if close:
                 msg += f"; did you mean {close[0]!r}?"
-            msg += f" Known schemes: {', '.join(known)}"
+            msg += f"; known schemes: {', '.join(known)}"
         raise UnknownBackendError(msg)
     if len(eps) > 1:
         claims = ", ".join(f"{_dist_name(ep)} ({ep.value})" for ep in eps)

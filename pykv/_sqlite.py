@@ -135,6 +135,10 @@ class SQLiteStore(Store):
                 f"{url}: an sqlite URL has no host; write sqlite:///relative.db or "
                 "sqlite:////absolute/path.db"
             )
+        if url.path.endswith("/") or os.path.isdir(url.path or "."):
+            raise UnavailableError(
+                f"{url}: the sqlite path {url.path!r} is a directory; name a database file"
+            )
         if url.path:
             self.path = url.path
         else:

@@ -27,10 +27,13 @@ def main(argv: list[str]) -> int:
         key, value, ttl = args
         lock = store.lock(key, value=value, ttl=float(ttl))
         if not lock.acquire(timeout=30):
+            print(json.dumps({"error": "could not acquire"}), flush=True)
             return 1
         ready["token"] = lock.token
     else:
+        print(json.dumps({"error": f"unknown action {action}"}), flush=True)
         return 2
+    print(json.dumps(ready), flush=True)
     if action == "put":
         store.close()
         return 0

@@ -1,0 +1,374 @@
+"""The ``pykv`` command line.
+
+    pykv [--store URL] [--json] [--timeout S] [-v] COMMAND ...
+
+Commands: get, put, rm, ls, watch, lock, backends (and services, when discovery is installed).
+The store is ``--store URL``, else ``$PYKV_STORE``, else the embedded sqlite file in the user's
+data directory. Errors are one line on stderr.
+
+Exit codes:
+    0  success
+    1  other pykv error
+    2  usage error (bad arguments)
+    3  key not found
+    4  conflict: CAS failed, or the lock was not acquired within --wait
+    5  backend unavailable or timed out
+    6  configuration error (bad URL, option or key) or permission denied
+    130 interrupted (Ctrl-C)
+    ``pykv lock`` exits with the command's exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from . import _errors as errors
+from ._defaults import STORE_ENV, default_store_url
+from ._registry import available_backends, open_store
+from ._store import Capability, KVPair, Store
+from ._url import mask_url
+
+__all__ = ["capability_table", "main"]
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT = 0, 1, 2, 3, 4
+EXIT_UNAVAILABLE, EXIT_CONFIG, EXIT_INTERRUPTED = 5, 6, 130
+
+_EXIT_BY_ERROR: list[tuple[type[BaseException], int]] = [
+    (errors.KeyNotFoundError, EXIT_NOT_FOUND),
+    (errors.KeyExistsError, EXIT_CONFLICT),
+    (errors.KeyModifiedError, EXIT_CONFLICT),
+    (errors.LockError, EXIT_CONFLICT),
+    (errors.UnavailableError, EXIT_UNAVAILABLE),
+    (errors.ConfigurationError, EXIT_CONFIG),
+    (errors.InvalidKeyError, EXIT_CONFIG),
+    (errors.PermissionDeniedError, EXIT_CONFIG),
+    (errors.NotSupportedError, EXIT_CONFIG),
+]
+
+
+def _pair_json(pair: KVPair) -> dict[str, Any]:
+    out: dict[str, Any] = {"key": pair.key, "revision": pair.revision}
+    try:
+        out["value"] = pair.value.decode("utf-8")
+    except UnicodeDecodeError:
+        out["value_base64"] = base64.b64encode(pair.value).decode("ascii")
+    return out
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", errors="backslashreplace")
+
+
+def _emit_json(obj: object) -> None:
+    print(json.dumps(obj, ensure_ascii=False), flush=True)
+
+
+class _Stopper:
+    """Turns SIGTERM into a clean stop of a long-running command (watch, put --ttl)."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: self.event.set())
+
+
+def cmd_get(store: Store, args: argparse.Namespace) -> int:
+    pair = store.get(args.key)
+    if args.json:
+        _emit_json(_pair_json(pair))
+    else:
+        sys.stdout.buffer.write(pair.value)
+        if sys.stdout.isatty() and not pair.value.endswith(b"\n"):
+            sys.stdout.buffer.write(b"\n")
+        sys.stdout.flush()
+    return EXIT_OK
+
+
+def cmd_put(store: Store, args: argparse.Namespace) -> int:
+    value: bytes = sys.stdin.buffer.read() if args.value == "-" else args.value.encode()
+    store.put(args.key, value, ttl=args.ttl)
+    pair = store.get(args.key)
+    if args.json:
+        _emit_json(_pair_json(pair))
+    elif not args.quiet:
+        print(f"put {pair.key} (revision {pair.revision})", file=sys.stderr)
+    if args.ttl is not None:
+        print(
+            f"keeping {pair.key} alive (ttl {args.ttl:g} s) until interrupted",
+            file=sys.stderr,
+            flush=True,
+        )
+        _Stopper().event.wait()
+    return EXIT_OK
+
+
+def cmd_rm(store: Store, args: argparse.Namespace) -> int:
+    for key in args.keys:
+        if args.recursive:
+            store.delete_tree(key)
+        else:
+            store.delete(key)
+    return EXIT_OK
+
+
+def cmd_ls(store: Store, args: argparse.Namespace) -> int:
+    prefix = args.prefix.strip("/")
+    pairs = store.list(prefix)
+    base = len(prefix) + 1 if prefix else 0
+    if args.recursive:
+        rows = pairs
+        if args.json:
+            _emit_json([_pair_json(p) for p in rows])
+        else:
+            for p in rows:
+                print(p.key)
+        return EXIT_OK
+    # Like ls: the direct children, with a trailing / for those that have children themselves.
+    children: dict[str, bool] = {}
+    for p in pairs:
+        head, sep, _ = p.key[base:].partition("/")
+        children[head] = children.get(head, False) or bool(sep)
+    if args.json:
+        _emit_json([{"name": n, "has_children": c} for n, c in sorted(children.items())])
+    else:
+        for name, has_children in sorted(children.items()):
+            print(name + ("/" if has_children else ""))
+    return EXIT_OK
+
+
+def cmd_watch(store: Store, args: argparse.Namespace) -> int:
+    stopper = _Stopper()
+    watch: Any = store.watch_tree(args.key) if args.tree else store.watch(args.key)
+    seen = 0
+    with watch:
+        while not stopper.event.is_set():
+            try:
+                event = watch.get(timeout=0.2)
+            except TimeoutError:
+                continue
+            seen += 1
+            if args.tree:
+                if args.json:
+                    _emit_json([_pair_json(p) for p in event])
+                else:
+                    print(f"--- {len(event)} keys")
+                    for p in event:
+                        print(f"{p.key} = {_text(p.value)}")
+                    sys.stdout.flush()
+            elif args.json:
+                _emit_json(None if event is None else _pair_json(event))
+            else:
+                line = "(absent)" if event is None else _text(event.value)
+                print(f"{args.key.strip('/')}: {line}", flush=True)
+            if args.count and seen >= args.count:
+                break
+    return EXIT_OK
+
+
+def cmd_lock(store: Store, args: argparse.Namespace) -> int:
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise SystemExit(_usage_error("lock needs a command after --"))
+    lock = store.lock(args.key, value=args.value.encode(), ttl=args.ttl)
+    if not lock.acquire(timeout=args.wait):
+        print(f"pykv: lock {args.key!r} not acquired within {args.wait} s", file=sys.stderr)
+        return EXIT_CONFLICT
+    env = {**os.environ, "PYKV_LOCK_KEY": lock.key, "PYKV_LOCK_TOKEN": str(lock.token)}
+    try:
+        proc = subprocess.Popen(command, env=env)
+    except OSError as exc:
+        lock.release()
+        print(f"pykv: cannot run {command[0]!r}: {exc.strerror}", file=sys.stderr)
+        return 127
+
+    # If the lock is lost, the command must not go on believing it holds it.
+    def watchdog() -> None:
+        if lock.lost.wait() and proc.poll() is None:
+            print(f"pykv: lock {args.key!r} lost; terminating the command", file=sys.stderr)
+            proc.terminate()
+
+    threading.Thread(target=watchdog, daemon=True).start()
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        code = proc.wait()
+    finally:
+        if lock.held or lock.lost.is_set():
+            try:
+                lock.release()
+            except errors.LockLostError:
+                code = code or EXIT_CONFLICT
+    return code
+
+
+def capability_table(markdown: bool = True) -> str:
+    """The capability table of installed backends, from their declarations."""
+    caps = list(Capability)
+    rows: list[list[str]] = []
+    by_class: dict[type[Store], list[str]] = {}
+    broken: list[str] = []
+    for scheme, cls in available_backends().items():
+        if isinstance(cls, Exception):
+            broken.append(f"{scheme}: {cls}")
+            continue
+        by_class.setdefault(cls, []).append(scheme)
+    for cls, schemes in sorted(by_class.items(), key=lambda kv: kv[1][0]):
+        rows.append(
+            [", ".join(f"`{s}://`" if markdown else s for s in schemes), cls.distribution]
+            + [("✓" if c in cls.capabilities else "—") for c in caps]
+        )
+    header = ["scheme", "package"] + [c.value for c in caps]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+    else:
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+        lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines += [f"(failed to load) {b}" for b in broken]
+    return "\n".join(lines)
+
+
+def cmd_backends(args: argparse.Namespace) -> int:
+    if args.json:
+        out: list[dict[str, object]] = []
+        for scheme, cls in available_backends().items():
+            if isinstance(cls, Exception):
+                out.append({"scheme": scheme, "error": str(cls)})
+            else:
+                out.append(
+                    {
+                        "scheme": scheme,
+                        "class": f"{cls.__module__}.{cls.__qualname__}",
+                        "package": cls.distribution,
+                        "capabilities": sorted(c.value for c in cls.capabilities),
+                        "ttl_slack": cls.ttl_slack,
+                    }
+                )
+        _emit_json(out)
+    else:
+        print(capability_table(markdown=args.markdown))
+    return EXIT_OK
+
+
+def _usage_error(message: str) -> int:
+    print(f"pykv: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pykv",
+        description="Keys, values, watches and locks on any pykv store.",
+        epilog=(
+            f"The store is --store, else ${STORE_ENV}, else the embedded sqlite default. "
+            "Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 conflict or lock not acquired, "
+            "5 unavailable, 6 configuration or permission; lock returns its command's status."
+        ),
+    )
+    parser.add_argument("--store", metavar="URL", help=f"store URL (default: ${STORE_ENV})")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--timeout", type=float, metavar="S", help="per-call timeout, seconds")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("get", help="print a key's value")
+    p.add_argument("key")
+    p.set_defaults(func=cmd_get)
+
+    p = sub.add_parser("put", help="write a key ('-' reads the value from stdin)")
+    p.add_argument("key")
+    p.add_argument("value")
+    p.add_argument("--ttl", type=float, help="ephemeral: keep the key alive until interrupted")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_put)
+
+    p = sub.add_parser("rm", help="delete keys")
+    p.add_argument("keys", nargs="+", metavar="KEY")
+    p.add_argument("-r", "--recursive", action="store_true", help="delete everything below")
+    p.set_defaults(func=cmd_rm)
+
+    p = sub.add_parser("ls", help="list the keys below a prefix")
+    p.add_argument("prefix", nargs="?", default="")
+    p.add_argument("-r", "--recursive", action="store_true", help="every key, recursively")
+    p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("watch", help="print a key's changes (or a tree's snapshots)")
+    p.add_argument("key")
+    p.add_argument("--tree", action="store_true", help="watch everything below KEY")
+    p.add_argument("--count", type=int, default=0, help="stop after N events")
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser(
+        "lock",
+        help="run a command while holding a lock (like flock)",
+        description="Acquire the lock, run COMMAND with PYKV_LOCK_TOKEN set to the fencing "
+        "token, release when it exits. If the lock is lost, the command is terminated.",
+    )
+    p.add_argument("key")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+    p.add_argument("--ttl", type=float, default=15, help="lock TTL, seconds (default 15)")
+    p.add_argument("--wait", type=float, default=None, help="give up after S seconds")
+    p.add_argument("--value", default="", help="value readable at KEY while held")
+    p.set_defaults(func=cmd_lock)
+
+    p = sub.add_parser("backends", help="the installed backends and their capabilities")
+    p.add_argument("--markdown", action="store_true", help="as a Markdown table")
+    p.set_defaults(func=cmd_backends, no_store=True)
+
+    try:
+        from ._cli_services import (  # type: ignore[import-not-found,unused-ignore]
+            add_services_command,
+        )
+    except ImportError:  # discovery not available in this build
+        pass
+    else:
+        add_services_command(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    url = args.store or default_store_url()
+    try:
+        if getattr(args, "no_store", False):
+            code = args.func(args)
+        else:
+            options: dict[str, Any] = {}
+            if args.timeout is not None:
+                options["timeout"] = args.timeout
+            with open_store(url, **options) as store:
+                code = args.func(store, args)
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+    except errors.PyKVError as exc:
+        code = next((c for t, c in _EXIT_BY_ERROR if isinstance(exc, t)), EXIT_ERROR)
+        print(f"pykv: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+    except BrokenPipeError:
+        code = EXIT_OK
+    sys.stdout.flush()
+    if code and args.verbose:
+        print(f"pykv: store was {mask_url(url)}", file=sys.stderr)
+    sys.exit(code)

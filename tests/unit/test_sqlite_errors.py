@@ -1,0 +1,108 @@
+"""The sqlite store under bad conditions: locked, unreadable or foreign files, never hanging."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+import pykv
+
+
+def test_locked_database_times_out_clearly_and_keeps_data(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/kv.db"
+    with pykv.open_store(url) as store:
+        store.put("safe", b"before")
+    blocker = sqlite3.connect(tmp_path / "kv.db", isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        with pykv.open_store(url, timeout=0.5) as store:
+            start = time.monotonic()
+            with pytest.raises(pykv.OperationTimeoutError) as info:
+                store.put("safe", b"during")
+            assert time.monotonic() - start < 5
+            assert "kv.db" in str(info.value)
+            assert "locked" in str(info.value)
+    except pykv.OperationTimeoutError:
+        pass  # opening itself may time out on the exclusive lock: also a clear error
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    with pykv.open_store(url) as store:
+        assert store.get("safe").value == b"before"
+
+
+def test_file_that_is_not_a_database(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(pykv.UnavailableError) as info:
+        pykv.open_store(f"sqlite:///{path}")
+    assert "garbage.db" in str(info.value)
+    assert path.read_bytes() == b"this is not sqlite" * 100
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file; see the directory test")
+def test_unreadable_file(tmp_path: Path) -> None:
+    path = tmp_path / "secret.db"
+    path.write_bytes(b"")
+    path.chmod(0)
+    with pytest.raises(pykv.UnavailableError, match=r"secret\.db"):
+        pykv.open_store(f"sqlite:///{path}")
+
+
+def test_path_is_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(pykv.UnavailableError, match="adir"):
+        pykv.open_store(f"sqlite:///{tmp_path}/adir/")
+    (tmp_path / "dir.db").mkdir()
+    with pytest.raises(pykv.UnavailableError, match=r"dir\.db"):
+        pykv.open_store(f"sqlite:///{tmp_path}/dir.db")
+
+
+def test_sqlite_url_with_host_is_rejected() -> None:
+    with pytest.raises(pykv.ConfigurationError, match="no host"):
+        pykv.open_store("sqlite://localhost/kv.db")
+
+
+def test_bad_sqlite_options(tmp_path: Path) -> None:
+    with pytest.raises(pykv.ConfigurationError, match="synchronous"):
+        pykv.open_store(f"sqlite:///{tmp_path}/x.db?synchronous=sometimes")
+
+
+def test_data_persists_across_opens(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/p.db"
+    with pykv.open_store(url) as store:
+        store.put("persist", b"yes")
+        store.put("ephemeral", b"no", ttl=5)
+    with pykv.open_store(url) as store:
+        assert store.get("persist").value == b"yes"
+        assert not store.exists("ephemeral")
+
+
+def test_relative_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pykv.open_store("sqlite:///rel.db") as store:
+        store.put("k", b"v")
+    assert (tmp_path / "rel.db").exists()
+
+
+def test_tombstones_are_purged_and_watchers_resync(tmp_path: Path) -> None:
+    from pykv import _sqlite
+
+    url = f"sqlite:///{tmp_path}/c.db"
+    with pykv.open_store(url) as store, store.watch("w") as watch:
+        assert watch.get(timeout=5) is None
+        store.put("w", b"1")
+        assert watch.get(timeout=5) is not None
+        assert isinstance(store, _sqlite.SQLiteStore)
+        # simulate a dispatcher far behind: compact beyond what it has seen
+        with store._mutex:
+            store._conn.execute("UPDATE pykv_meta SET value = 1000000000 WHERE name = 'compacted'")
+        store.delete("w")
+        deadline = time.monotonic() + 5
+        event = watch.get(timeout=5)
+        while event is not None and time.monotonic() < deadline:
+            event = watch.get(timeout=5)
+        assert event is None
