@@ -2,7 +2,7 @@
 
     pykv [--store URL] [--json] [--timeout S] [-v] COMMAND ...
 
-Commands: get, put, rm, ls, watch, lock, backends (and services, when discovery is installed).
+Commands: get, put, rm, ls, watch, lock, demo, backends (and services, when discovery is installed).
 The store is ``--store URL``, else ``$PYKV_STORE``, else the embedded sqlite file in the user's
 data directory. Errors are one line on stderr.
 
@@ -214,6 +214,41 @@ def cmd_lock(store: Store, args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_demo(store: Store, args: argparse.Namespace) -> int:
+    """A short tour of what pykv does, on a scratch prefix of the store."""
+    import time
+    import uuid
+
+    base = f"pykv-demo/{uuid.uuid4().hex[:8]}"
+    say = print
+
+    say(f"pykv demo on {store} (keys under {base}/)")
+    store.put(f"{base}/config/mode", "fast")
+    pair = store.get(f"{base}/config/mode")
+    say(f"  put/get     {pair.key} = {_text(pair.value)!r} at revision {pair.revision}")
+    new = store.atomic_put(f"{base}/config/mode", "safe", pair)
+    say(f"  CAS         swapped to {_text(new.value)!r} (revision {new.revision})")
+    try:
+        store.atomic_put(f"{base}/config/mode", "stale", pair)
+    except errors.KeyModifiedError:
+        say("  CAS         a stale update was refused (KeyModifiedError)")
+    with store.watch_tree(f"{base}/services") as tree:
+        tree.get(timeout=args.wait)
+        store.put(f"{base}/services/web-1", "10.0.0.5:8080", ttl=5)
+        snap = tree.get(timeout=args.wait)
+        say(f"  watch_tree  saw {[p.key for p in snap]} appear (an ephemeral TTL key)")
+    lock = store.lock(f"{base}/leader", value="demo", ttl=5)
+    start = time.monotonic()
+    with lock:
+        held_for = time.monotonic() - start
+        say(f"  lock        acquired in {held_for * 1000:.1f} ms, fencing token {lock.token}")
+    say(f"  ls          {[p.key for p in store.list(base)]}")
+    store.delete_tree(base)
+    say("  cleanup     deleted the demo keys; ephemeral keys die with this process")
+    say("pykv works. Try: pykv put greeting hello && pykv get greeting")
+    return EXIT_OK
+
+
 def capability_table(markdown: bool = True) -> str:
     """The capability table of installed backends, from their declarations."""
     caps = list(Capability)
@@ -324,6 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", type=float, default=None, help="give up after S seconds")
     p.add_argument("--value", default="", help="value readable at KEY while held")
     p.set_defaults(func=cmd_lock)
+
+    p = sub.add_parser("demo", help="a short tour of pykv on the store")
+    p.add_argument("--wait", type=float, default=10, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("backends", help="the installed backends and their capabilities")
     p.add_argument("--markdown", action="store_true", help="as a Markdown table")

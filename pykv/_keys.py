@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from ._errors import InvalidKeyError
 
 __all__ = ["MAX_KEY_BYTES", "join", "normalize_key", "normalize_prefix", "to_bytes"]
@@ -9,21 +11,30 @@ __all__ = ["MAX_KEY_BYTES", "join", "normalize_key", "normalize_prefix", "to_byt
 MAX_KEY_BYTES = 1024
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_BAD_SEGMENT = re.compile(r"(?:^|/)(?:\.{1,2})?(?:/|$)")
+
+
 def _check_segments(key: str, original: str, what: str) -> None:
-    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+    # Fast path first: keys are validated on every call, so this is on the hot path.
+    if len(key) * 4 > MAX_KEY_BYTES and len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
         raise InvalidKeyError(f"{what} {original!r} is longer than {MAX_KEY_BYTES} bytes (UTF-8)")
-    for ch in key:
-        if ord(ch) < 0x20 or ord(ch) == 0x7F:
-            raise InvalidKeyError(f"{what} {original!r} contains the control character {ch!r}")
-    for segment in key.split("/"):
-        if segment == "":
-            raise InvalidKeyError(f"{what} {original!r} has an empty segment ('//')")
-        if segment in (".", ".."):
+    control = _CONTROL.search(key)
+    if control:
+        raise InvalidKeyError(
+            f"{what} {original!r} contains the control character {control.group()!r}"
+        )
+    bad = _BAD_SEGMENT.search(key)
+    if bad:
+        segment = bad.group().strip("/")
+        if segment:
             raise InvalidKeyError(f"{what} {original!r} has a {segment!r} segment")
-    try:
-        key.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidKeyError(f"{what} {original!r} is not valid Unicode text") from exc
+        raise InvalidKeyError(f"{what} {original!r} has an empty segment ('//')")
+    if not key.isascii():
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidKeyError(f"{what} {original!r} is not valid Unicode text") from exc
 
 
 def normalize_key(key: str) -> str:
@@ -51,9 +62,11 @@ def normalize_prefix(prefix: str) -> str:
     return stripped
 
 
-def join(*parts: str) -> str:
-    """Join normalised keys and prefixes, skipping empty ones."""
-    return "/".join(p for p in parts if p)
+def join(prefix: str, key: str) -> str:
+    """Join a normalised prefix and key, either of which may be empty."""
+    if not prefix:
+        return key
+    return f"{prefix}/{key}" if key else prefix
 
 
 def to_bytes(value: bytes | bytearray | memoryview | str) -> bytes:

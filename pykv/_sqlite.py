@@ -169,25 +169,9 @@ class SQLiteStore(Store):
     def _where(self) -> str:
         return f"the sqlite store {self.path!r}"
 
-    @contextlib.contextmanager
-    def _errors(self, what: str) -> Iterator[None]:
+    def _errors(self, what: str) -> _ErrorMap:
         """Map sqlite3's errors to pykv's, naming the file. The one place that does it."""
-        try:
-            yield
-        except sqlite3.OperationalError as exc:
-            text = str(exc)
-            if "locked" in text or "busy" in text:
-                raise OperationTimeoutError(
-                    f"{what}: {self._where()} stayed locked by another connection for more "
-                    f"than the timeout ({self.timeout} s)"
-                ) from exc
-            if "unable to open" in text or "readonly" in text or "disk I/O" in text:
-                raise UnavailableError(f"{what}: cannot use {self._where()}: {text}") from exc
-            raise UnavailableError(f"{what} failed on {self._where()}: {text}") from exc
-        except sqlite3.DatabaseError as exc:
-            raise UnavailableError(
-                f"{what}: {self._where()} is not a usable SQLite database ({exc})"
-            ) from exc
+        return _ErrorMap(self, what)
 
     def _connect(self, *, create: bool = False) -> sqlite3.Connection:
         directory = os.path.dirname(os.path.abspath(self.path))
@@ -282,7 +266,7 @@ class SQLiteStore(Store):
     # -- keys and values -------------------------------------------------------------------
 
     def _get(self, key: str) -> KVPair:
-        with self._mutex, self._errors(f"get {key!r}"):
+        with self._mutex, _ErrorMap(self, "get", key):
             row = self._conn.execute(
                 f"SELECT value, revision FROM pykv_kv WHERE path = ? AND {_LIVE}",
                 (self._path(key), time.time()),
@@ -307,9 +291,14 @@ class SQLiteStore(Store):
     def _put(self, key: str, value: bytes, ttl: float | None) -> None:
         self._maybe_sweep()
         owner, ttl_, expires = self._owner_fields(ttl)
-        with self._mutex, self._errors(f"put {key!r}"):
+        with self._mutex, _ErrorMap(self, "put", key):
             self._conn.execute(_PUT, (self._path(key), value, owner, ttl_, expires))
-        self._wake.set()
+        self._notify()
+
+    def _notify(self) -> None:
+        """Wake this store's watch dispatcher after a write of its own."""
+        if self._dispatcher is not None:
+            self._wake.set()
 
     def _delete(self, key: str) -> None:
         self._maybe_sweep()
@@ -613,6 +602,40 @@ class SQLiteStore(Store):
                 self._conn.close()
             if self._dispatch_conn is not None:
                 self._dispatch_conn.close()
+
+
+class _ErrorMap:
+    """Context manager mapping sqlite3 errors (a class: it is on every call's hot path)."""
+
+    __slots__ = ("key", "store", "what")
+
+    def __init__(self, store: SQLiteStore, what: str, key: str | None = None) -> None:
+        self.store, self.what, self.key = store, what, key
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if exc is None or not isinstance(exc, sqlite3.Error):
+            return
+        what = self.what if self.key is None else f"{self.what} {self.key!r}"
+        where, text = self.store._where(), str(exc)
+        if isinstance(exc, sqlite3.OperationalError):
+            if "locked" in text or "busy" in text:
+                raise OperationTimeoutError(
+                    f"{what}: {where} stayed locked by another connection for more "
+                    f"than the timeout ({self.store.timeout} s)"
+                ) from exc
+            if "unable to open" in text or "readonly" in text or "disk I/O" in text:
+                raise UnavailableError(f"{what}: cannot use {where}: {text}") from exc
+            raise UnavailableError(f"{what} failed on {where}: {text}") from exc
+        if isinstance(exc, sqlite3.DatabaseError):
+            raise UnavailableError(
+                f"{what}: {where} is not a usable SQLite database ({exc})"
+            ) from exc
+        raise UnavailableError(f"{what} failed on {where}: {text}") from exc
 
 
 class _SQLiteLock(Lock):

@@ -1,0 +1,101 @@
+"""Shared helpers of the benchmarks: timing loops, percentiles and the result table."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Row:
+    name: str
+    pykv: float | None = None
+    raw: float | None = None
+    unit: str = "ops/s"
+    note: str = ""
+
+    @property
+    def ratio(self) -> str:
+        if self.pykv is None or self.raw is None or self.raw == 0:
+            return ""
+        if self.unit == "ops/s":
+            return f"{self.pykv / self.raw:.2f}x"
+        return f"{self.raw / self.pykv:.2f}x" if self.pykv else ""
+
+
+@dataclass
+class Table:
+    title: str
+    raw_label: str = "raw"
+    rows: list[Row] = field(default_factory=list)
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        progress(
+            f"  {row.name}: pykv {fmt(row.pykv, row.unit)}  {self.raw_label} "
+            f"{fmt(row.raw, row.unit)}"
+        )
+
+    def render(self) -> str:
+        header = ["operation", "pykv", self.raw_label, "pykv/raw", "note"]
+        body = [
+            [r.name, fmt(r.pykv, r.unit), fmt(r.raw, r.unit), r.ratio, r.note] for r in self.rows
+        ]
+        widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
+        lines = [self.title, ""]
+        lines.append(
+            "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |"
+        )
+        lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+        for b in body:
+            lines.append(
+                "| " + " | ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)) + " |"
+            )
+        lines.append("")
+        lines.append(
+            "ratios: ops/s rows are pykv/raw (higher is better); latency rows are "
+            "raw/pykv (1.0 = as fast as raw)."
+        )
+        return "\n".join(lines)
+
+
+def fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "ops/s":
+        return f"{value:,.0f} ops/s"
+    return f"{value * 1000:.2f} ms"
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def rate(fn: Callable[[int], object], count: int) -> float:
+    """Operations per second of ``fn(i)`` for i in range(count) (after a short warm-up)."""
+    for i in range(min(20, count)):
+        fn(i)
+    start = time.perf_counter()
+    for i in range(count):
+        fn(i)
+    return count / (time.perf_counter() - start)
+
+
+def best_rate(fn: Callable[[int], object], count: int, repeats: int = 3) -> float:
+    """The best of several runs: the least disturbed by other work on the machine."""
+    return max(rate(fn, count) for _ in range(repeats))
+
+
+def percentile(samples: list[float], pct: float) -> float:
+    if not samples:
+        return float("nan")
+    ordered = sorted(samples)
+    index = min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))
+    return ordered[index]
+
+
+def median(samples: list[float]) -> float:
+    return statistics.median(samples) if samples else float("nan")

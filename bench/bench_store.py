@@ -1,0 +1,205 @@
+"""Benchmark any pykv store; for sqlite:// also raw sqlite3 with the same settings, as ratios.
+
+    uv run --no-sync python bench/bench_store.py [URL] [--count N]
+
+Measures sequential put, get and atomic_put (ops/s), watch latency from a put to the event
+(p50/p99, in one process and across two processes), and lock acquire+release cycles per second.
+With no URL it benchmarks a fresh sqlite file and memory://. Progress goes to stderr, the table
+to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import Row, Table, best_rate, median, percentile, progress
+
+import pykv
+from pykv import Capability
+
+WRITER = """
+import sys, time, pykv
+store = pykv.open_store(sys.argv[1], prefix=sys.argv[2])
+count, key = int(sys.argv[3]), sys.argv[4]
+time.sleep(0.5)
+for i in range(count):
+    store.put(key, repr(time.time()))
+    time.sleep(0.01)
+store.close()
+"""
+
+
+def watch_latency_local(store: pykv.Store, count: int) -> list[float]:
+    samples: list[float] = []
+    with store.watch("bench/watched") as watch:
+        watch.get(timeout=10)
+        for i in range(count):
+            start = time.perf_counter()
+            store.put("bench/watched", str(i))
+            while True:
+                event = watch.get(timeout=10)
+                if event is not None and event.value == str(i).encode():
+                    break
+            samples.append(time.perf_counter() - start)
+    return samples
+
+
+def watch_latency_cross_process(
+    url: str, prefix: str, store: pykv.Store, count: int
+) -> list[float]:
+    samples: list[float] = []
+    with store.watch("bench/xproc") as watch:
+        watch.get(timeout=10)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, url, prefix, str(count), "bench/xproc"]
+        )
+        try:
+            while len(samples) < count:
+                event = watch.get(timeout=30)
+                if event is not None:
+                    samples.append(time.time() - float(event.value))
+        finally:
+            proc.wait(timeout=60)
+    return samples
+
+
+def bench_pykv(url: str, count: int, table: Table) -> dict[str, float]:
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    out: dict[str, float] = {}
+    with pykv.open_store(url, prefix=prefix) as store:
+        value = b"x" * 100
+        out["put"] = best_rate(lambda i: store.put(f"k{i % 100}", value), count)
+        out["get"] = best_rate(lambda i: store.get(f"k{i % 100}"), count)
+        pair = [store.get("k0")]
+
+        def cas(_: int) -> None:
+            pair[0] = store.atomic_put("k0", value, pair[0])
+
+        out["atomic_put"] = best_rate(cas, count)
+        if Capability.WATCH in store.capabilities:
+            local = watch_latency_local(store, min(count, 500))
+            out["watch_p50"], out["watch_p99"] = median(local), percentile(local, 99)
+            if Capability.SHARED in store.capabilities:
+                cross = watch_latency_cross_process(url, prefix, store, 200)
+                out["xwatch_p50"], out["xwatch_p99"] = median(cross), percentile(cross, 99)
+        if Capability.LOCK in store.capabilities:
+            lock = store.lock("bench/lock", ttl=10)
+
+            def cycle(_: int) -> None:
+                lock.acquire()
+                lock.release()
+
+            out["lock"] = best_rate(cycle, max(50, count // 10))
+        store.delete_tree("")
+    return out
+
+
+def bench_raw_sqlite(path: str, count: int, *, indexed: bool) -> dict[str, float]:
+    """The same writes and reads as raw sqlite3 statements, with the same settings.
+
+    ``indexed=False``: a plain (key, value, revision) table, the cheapest possible baseline.
+    ``indexed=True``: plus an index on revision, which any store offering a cross-process
+    change feed ordered by revision (watches) must maintain; pykv's table has it.
+    """
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = normal")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB, "
+        "revision INTEGER) WITHOUT ROWID"
+    )
+    if indexed:
+        conn.execute("CREATE INDEX IF NOT EXISTS kv_rev ON kv(revision)")
+    value = b"x" * 100
+    counter = [0]
+
+    def put(i: int) -> None:
+        counter[0] += 1
+        conn.execute(
+            "INSERT INTO kv VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+            "value = excluded.value, revision = excluded.revision",
+            (f"k{i % 100}", value, counter[0]),
+        )
+
+    out = {
+        "put": best_rate(put, count),
+        "get": best_rate(
+            lambda i: conn.execute(
+                "SELECT value, revision FROM kv WHERE key = ?", (f"k{i % 100}",)
+            ).fetchone(),
+            count,
+        ),
+    }
+
+    def cas(_: int) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        rev = conn.execute("SELECT revision FROM kv WHERE key = 'k0'").fetchone()[0]
+        conn.execute(
+            "UPDATE kv SET value = ?, revision = ? WHERE key = 'k0' AND revision = ?",
+            (value, rev + 1, rev),
+        )
+        conn.execute("COMMIT")
+
+    out["atomic_put"] = best_rate(cas, count)
+    conn.close()
+    return out
+
+
+def report(url: str, count: int) -> str:
+    shown = url
+    progress(f"benchmarking {shown} ({count} ops per measurement)")
+    table = Table(
+        f"pykv on {shown}", raw_label="raw sqlite3" if url.startswith("sqlite") else "raw"
+    )
+    ours = bench_pykv(url, count, table)
+    raw: dict[str, float] = {}
+    same: dict[str, float] = {}
+    if url.startswith("sqlite:///"):
+        raw = bench_raw_sqlite(url[len("sqlite:///") :] + ".raw", count, indexed=False)
+        same = bench_raw_sqlite(url[len("sqlite:///") :] + ".raw2", count, indexed=True)
+    for name in ("put", "get", "atomic_put"):
+        note = ""
+        if name in same and name in ours:
+            note = f"{ours[name] / same[name]:.2f}x of raw with a revision index"
+        table.add(Row(name, ours.get(name), raw.get(name), note=note))
+    if "watch_p50" in ours:
+        table.add(Row("watch latency p50 (same process)", ours["watch_p50"], unit="s"))
+        table.add(Row("watch latency p99 (same process)", ours["watch_p99"], unit="s"))
+    if "xwatch_p50" in ours:
+        table.add(Row("watch latency p50 (two processes)", ours["xwatch_p50"], unit="s"))
+        table.add(Row("watch latency p99 (two processes)", ours["xwatch_p99"], unit="s"))
+    if "lock" in ours:
+        table.add(Row("lock acquire+release", ours["lock"]))
+    return table.render()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("urls", nargs="*", help="store URLs (default: sqlite and memory)")
+    parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--json", action="store_true", help="print raw figures as JSON")
+    args = parser.parse_args()
+    urls = args.urls
+    tmp = None
+    if not urls:
+        tmp = tempfile.mkdtemp(prefix="pykv-bench-")
+        urls = [f"sqlite:///{tmp}/bench.db", f"memory://bench-{uuid.uuid4().hex}"]
+    for url in urls:
+        print(report(url, args.count))
+        print()
+    if args.json:
+        print(json.dumps({"urls": urls}))
+
+
+if __name__ == "__main__":
+    main()
