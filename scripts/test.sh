@@ -16,7 +16,7 @@ fi
 uv sync --all-packages --all-extras --quiet
 
 integration=()
-if [[ ${PYKV_SKIP_PROVISION:-0} != 1 && -x scripts/provision.sh ]]; then
+if [[ ${PYKV_SKIP_PROVISION:-0} != 1 && -f scripts/provision.sh ]]; then
     step "servers and images"
     bash scripts/provision.sh
     integration=(tests/integration)
