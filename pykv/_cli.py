@@ -264,8 +264,9 @@ def capability_table(markdown: bool = True) -> str:
         rows.append(
             [", ".join(f"`{s}://`" if markdown else s for s in schemes), cls.distribution]
             + [("✓" if c in cls.capabilities else "—") for c in caps]
+            + [f"{cls.ttl_slack:g} s"]
         )
-    header = ["scheme", "package"] + [c.value for c in caps]
+    header = ["scheme", "package"] + [c.value for c in caps] + ["ttl slack"]
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]

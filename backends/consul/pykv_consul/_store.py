@@ -1,0 +1,680 @@
+"""The Consul store: KV through /v1/kv and /v1/txn, TTL keys and locks through sessions."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from consul.std import parse_duration
+
+from pykv import (
+    Capability,
+    ConfigurationError,
+    Host,
+    KeyExistsError,
+    KeyModifiedError,
+    KeyNotFoundError,
+    KVPair,
+    Lock,
+    PermissionDeniedError,
+    PyKVError,
+    Store,
+    StoreURL,
+    TLSOptions,
+    UnavailableError,
+    Watch,
+)
+
+from ._catalog import CheckLike, EndpointLike, service_definition, ttl_check_id
+from ._transport import SessionRejected, Transport, TxnFailed, b64
+
+__all__ = ["ConsulOptions", "ConsulStore"]
+
+log = logging.getLogger("pykv.consul")
+
+DEFAULT_PORT = 8500
+DEFAULT_TLS_PORT = 8501
+#: Consul's largest session TTL (24 h).
+MAX_SESSION_TTL = 86400.0
+#: Longest ``wait`` of a blocking query (shorter when the store's timeout is).
+MAX_WAIT = 5.0
+_TTL_RANGE = re.compile(r"between \[([^=\]]+)=")
+
+
+@dataclass(frozen=True)
+class ConsulOptions(TLSOptions):
+    """Options of consul:// stores (see the module documentation).
+
+    token: ACL token, sent as the X-Consul-Token header. consistent: reads in Consul's
+    ``consistent`` mode (the leader confirms it still leads) instead of ``default``.
+    """
+
+    token: str | None = None
+    consistent: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.key and not self.cert:
+            raise ConfigurationError("option 'key' needs 'cert' (the client certificate)")
+
+
+@dataclass(eq=False)
+class _Session:
+    """A Consul session of this store: Behavior=delete, no lock-delay, no health checks."""
+
+    id: str
+    ttl: float  # Consul's session TTL; Consul invalidates it 2 * ttl after the last renewal
+    purpose: str
+    on_lost: Callable[[str], None]
+    #: Locks stop trusting the session when renewals keep failing; TTL sessions keep trying.
+    gives_up: bool
+    last_ok: float = field(default_factory=time.monotonic)
+    next_due: float = 0.0
+    lost: bool = False
+
+    def __post_init__(self) -> None:
+        self.next_due = self.last_ok + self.ttl / 3
+
+
+class ConsulStore(Store):
+    """A pykv store on Consul's KV and session APIs. See :mod:`pykv_consul`."""
+
+    schemes: ClassVar[tuple[str, ...]] = ("consul",)
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(Capability)
+    options_class = ConsulOptions
+    distribution: ClassVar[str] = "pykv-consul"
+    #: Sessions are created with half the requested TTL, so Consul (which keeps a session up
+    #: to twice its TTL) removes keys within the TTL; the slack covers timers and raft.
+    ttl_slack: ClassVar[float] = 1.0
+    options: ConsulOptions
+
+    def __init__(self, url: StoreURL, options: ConsulOptions) -> None:
+        if not options.prefix and url.path:
+            options = ConsulOptions(**{**options.__dict__, "prefix": url.path})
+        super().__init__(url, options)
+        if url.username is not None or url.password is not None:
+            raise ConfigurationError(
+                f"{url}: Consul takes an ACL token as ?token=..., not user:password@"
+            )
+        port = DEFAULT_TLS_PORT if options.tls else DEFAULT_PORT
+        hosts = [h.with_default_port(port) for h in url.hosts] or [Host("127.0.0.1", port)]
+        cert: Any = (options.cert, options.key) if options.key else options.cert
+        self._transport = Transport(
+            str(self),
+            hosts,
+            scheme="https" if options.tls else "http",
+            token=options.token,
+            consistent=options.consistent,
+            verify=options.ca if options.ca and options.verify else options.verify,
+            cert=cert,
+            timeout=self.timeout,
+        )
+        self._wait = max(0.5, min(MAX_WAIT, self.timeout))
+        # names this store's sessions in Consul (with the prefix), for operators and tests
+        self._id = f"[{self.prefix or '/'} {uuid.uuid4().hex[:8]}]"
+        self._mutex = threading.RLock()
+        self._stop = threading.Event()
+        # sessions: one per TTL value for TTL keys, one per held (or wanted) lock
+        self._ttl_sessions: dict[float, _Session] = {}
+        self._sessions: set[_Session] = set()
+        self._session_ttl_min = 0.0  # learnt from the server when it refuses a shorter TTL
+        self._renewer: threading.Thread | None = None
+        self._renew_wake = threading.Event()
+        self._threads: set[threading.Thread] = set()
+        self._watches: set[Watch[Any]] = set()
+        self._locks: set[Lock] = set()
+        # Agent services this store registered (id -> definition), to register again on an
+        # agent that does not know them (failover, agent data lost, reaped while critical).
+        # The lock serialises register / deregister / re-register so none resurrects a
+        # service another has just removed.
+        self._catalog: dict[str, dict[str, Any]] = {}
+        self._catalog_lock = threading.Lock()
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[[Any], Any], *, idempotent: bool = True) -> Any:
+        return self._transport.call(what, fn, idempotent=idempotent)
+
+    def _pair(self, key: str, entry: dict[str, Any]) -> KVPair:
+        return KVPair(key, entry.get("Value") or b"", int(entry["ModifyIndex"]))
+
+    def _tree_base(self, prefix: str) -> str:
+        """The Consul prefix of everything strictly below ``prefix`` ('' = the whole KV)."""
+        base = self._path(prefix)
+        return base + "/" if base else ""
+
+    def _pairs(self, entries: list[dict[str, Any]] | None) -> list[KVPair]:
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        pairs = []
+        for entry in entries or ():
+            key = entry["Key"][strip:]
+            # Folder markers ("dir/") and other paths pykv cannot name are not keys.
+            if key and not key.endswith("/") and "//" not in key and not key.startswith("/"):
+                pairs.append(self._pair(key, entry))
+        pairs.sort(key=lambda p: p.key)
+        return pairs
+
+    def _read(self, key: str) -> tuple[int, KVPair | None]:
+        path = self._path(key)
+        index, entry = self._call(f"get {key!r}", lambda c: c.kv.get(path))
+        return int(index), None if entry is None else self._pair(key, entry)
+
+    # -- keys and values --------------------------------------------------------------------
+
+    def _get(self, key: str) -> KVPair:
+        pair = self._read(key)[1]
+        if pair is None:
+            raise KeyNotFoundError(f"{key!r} not found in {self}")
+        return pair
+
+    def _txn_write(
+        self, what: str, key: str, guards: list[dict[str, Any]], value: bytes, ttl: float | None
+    ) -> list[Any]:
+        """``guards``, ``delete``, then the write, in one transaction; returns the results.
+
+        The ``delete`` does two things Consul's own writes do not: it frees a key a session
+        holds (Consul keeps a held key's session on a plain write, so a plain write would
+        leave a TTL key ephemeral), and it makes every write change the ModifyIndex (Consul
+        skips a write whose value, flags and session are unchanged). A TTL write is a
+        ``lock`` by the store's session for that TTL."""
+        path = self._path(key)
+        for attempt in (1, 2):
+            ops = [*guards, {"Verb": "delete", "Key": path}]
+            if ttl is None:
+                ops.append({"Verb": "set", "Key": path, "Value": b64(value)})
+            else:
+                session = self._ttl_session(ttl)
+                ops.append(
+                    {"Verb": "lock", "Key": path, "Value": b64(value), "Session": session.id}
+                )
+            try:
+                return self._transport.txn(what, ops, idempotent=not guards)
+            except TxnFailed as exc:
+                if ttl is not None and attempt == 1 and _session_invalid(exc):
+                    self._forget_ttl_session(ttl, "it was invalidated")
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    def _put(self, key: str, value: bytes, ttl: float | None) -> None:
+        try:
+            self._txn_write(f"put {key!r}", key, [], value, ttl)
+        except TxnFailed as exc:
+            raise UnavailableError(f"put {key!r} on {self} failed: {exc}") from exc
+
+    def _delete(self, key: str) -> None:
+        path = self._path(key)
+        self._call(f"delete {key!r}", lambda c: c.kv.delete(path))
+
+    def _list(self, prefix: str) -> list[KVPair]:
+        base = self._tree_base(prefix)
+        _, entries = self._call(f"list {prefix!r}", lambda c: c.kv.get(base, recurse=True))
+        return self._pairs(entries)
+
+    def _delete_tree(self, prefix: str) -> None:
+        base = self._tree_base(prefix)
+        ops: list[dict[str, Any]] = [{"Verb": "delete-tree", "Key": base}]
+        if prefix:
+            ops.insert(0, {"Verb": "delete", "Key": self._path(prefix)})
+        try:
+            self._transport.txn(f"delete_tree {prefix!r}", ops, idempotent=True)
+        except TxnFailed as exc:
+            raise UnavailableError(f"delete_tree {prefix!r} on {self} failed: {exc}") from exc
+
+    def _cas_failed(self, key: str, previous: KVPair | None, exc: TxnFailed) -> PyKVError:
+        if previous is None:
+            return KeyExistsError(f"{key!r} already exists in {self}")
+        current = self._read(key)[1]
+        if current is None:
+            return KeyNotFoundError(f"{key!r} not found in {self}")
+        if current.revision == previous.revision:  # not a revision conflict after all
+            return UnavailableError(f"compare-and-swap of {key!r} on {self} failed: {exc}")
+        return KeyModifiedError(
+            f"{key!r} is at revision {current.revision}, not {previous.revision}, in {self}"
+        )
+
+    def _atomic_put(
+        self, key: str, value: bytes, previous: KVPair | None, ttl: float | None
+    ) -> KVPair:
+        path = self._path(key)
+        # check-index fails on a missing key too (delete-cas would not)
+        guard: dict[str, Any] = (
+            {"Verb": "check-not-exists", "Key": path}
+            if previous is None
+            else {"Verb": "check-index", "Key": path, "Index": previous.revision}
+        )
+        try:
+            results = self._txn_write(f"atomic_put {key!r}", key, [guard], value, ttl)
+        except TxnFailed as exc:
+            if any(e.get("OpIndex") == 0 for e in exc.errors):
+                raise self._cas_failed(key, previous, exc) from exc
+            raise UnavailableError(f"atomic_put {key!r} on {self} failed: {exc}") from exc
+        return KVPair(key, value, int(results[-1]["KV"]["ModifyIndex"]))
+
+    def _atomic_delete(self, key: str, previous: KVPair) -> None:
+        path = self._path(key)
+        ops: list[dict[str, Any]] = [
+            {"Verb": "check-index", "Key": path, "Index": previous.revision},
+            {"Verb": "delete", "Key": path},
+        ]
+        try:
+            self._transport.txn(f"atomic_delete {key!r}", ops, idempotent=False)
+        except TxnFailed as exc:
+            raise self._cas_failed(key, previous, exc) from exc
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    def _create_session(
+        self, purpose: str, ttl: float, on_lost: Callable[[str], None], *, gives_up: bool
+    ) -> _Session:
+        """A session whose holder's keys Consul deletes within ``ttl`` of the last renewal.
+
+        Consul invalidates a session up to twice its TTL after the last renewal, so the session
+        gets half the TTL, raised to the server's minimum (``session_ttl_min``) when needed.
+        No health checks: the session must outlive the failure of the agent it was made on
+        (failover to another agent keeps renewing it). No lock-delay: fencing tokens protect
+        against a stale holder, and a dead holder's lock must be free within its TTL.
+        """
+        self._check_open()
+        for _ in range(2):
+            session_ttl = min(MAX_SESSION_TTL, max(ttl / 2, self._session_ttl_min))
+            body = {
+                "Name": f"pykv {purpose} {self._id}"[:256],
+                "TTL": f"{max(1, round(session_ttl * 1000))}ms",
+                "Behavior": "delete",
+                "LockDelay": "0s",
+                "Checks": [],
+                "NodeChecks": [],
+            }
+            try:
+                session_id = self._transport.create_session(f"create a session for {purpose}", body)
+            except SessionRejected as exc:
+                found = _TTL_RANGE.search(str(exc))
+                if found is None or self._session_ttl_min:
+                    raise
+                self._session_ttl_min = parse_duration(found.group(1))
+                log.warning(
+                    "%s: the server's minimum session TTL is %g s; TTL keys and locks with a "
+                    "TTL below %g s live up to %g s after their owner is gone",
+                    self,
+                    self._session_ttl_min,
+                    2 * self._session_ttl_min,
+                    2 * self._session_ttl_min,
+                )
+                continue
+            session = _Session(session_id, session_ttl, purpose, on_lost, gives_up=gives_up)
+            with self._mutex:
+                if self._closed:
+                    self._destroy(session)
+                    self._check_open()
+                self._sessions.add(session)
+                self._ensure_renewer()
+            self._renew_wake.set()
+            return session
+        raise AssertionError("unreachable")
+
+    def _destroy(self, session: _Session) -> None:
+        """Forget a session and destroy it (Consul deletes the keys it holds at once)."""
+        with self._mutex:
+            self._sessions.discard(session)
+        self._call(
+            f"destroy the session of {session.purpose}", lambda c: c.session.destroy(session.id)
+        )
+
+    def _ttl_session(self, ttl: float) -> _Session:
+        with self._mutex:
+            session = self._ttl_sessions.get(ttl)
+            if session is None or session.lost:
+
+                def lost(reason: str, ttl: float = ttl) -> None:
+                    self._forget_ttl_session(ttl, reason)
+
+                session = self._create_session(
+                    f"TTL keys ({ttl:g} s) of {self}", ttl, lost, gives_up=False
+                )
+                self._ttl_sessions[ttl] = session
+            return session
+
+    def _forget_ttl_session(self, ttl: float, reason: str) -> None:
+        with self._mutex:
+            session = self._ttl_sessions.pop(ttl, None)
+            if session is not None:
+                session.lost = True
+                self._sessions.discard(session)
+        if session is not None:
+            log.warning(
+                "%s: the session of TTL keys (%g s) ended (%s); Consul deleted its keys",
+                self,
+                ttl,
+                reason,
+            )
+
+    def _ensure_renewer(self) -> None:
+        if self._renewer is None:
+            self._renewer = threading.Thread(
+                target=self._renew_loop, name=f"pykv-consul-renew {self}", daemon=True
+            )
+            self._renewer.start()
+
+    def _renew_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._mutex:
+                sessions = list(self._sessions)
+            now = time.monotonic()
+            due = min((s.next_due for s in sessions), default=now + 1.0)
+            if due > now:
+                self._renew_wake.wait(due - now)
+                self._renew_wake.clear()
+                continue
+            for session in sessions:
+                if self._stop.is_set():
+                    return
+                if session.next_due <= time.monotonic() and session in self._sessions:
+                    try:
+                        self._renew(session)
+                    except Exception:  # the renewer must outlive any surprise
+                        log.exception("%s: renewing %s failed", self, session.purpose)
+                        session.next_due = time.monotonic() + session.ttl / 6
+
+    def _renew(self, session: _Session) -> None:
+        started = time.monotonic()
+        try:
+            alive = self._transport.renew_session(
+                f"renew the session of {session.purpose}",
+                session.id,
+                timeout=min(self.timeout, max(0.2, session.ttl / 3)),
+            )
+        except PyKVError as exc:
+            silent = time.monotonic() - session.last_ok
+            session.next_due = time.monotonic() + min(session.ttl / 6, 0.5)
+            # Consul invalidates the session 2 * ttl after the last renewal it saw: stop trusting
+            # a lock well before that, so `lost` is set before another client can acquire.
+            if session.gives_up and silent > 1.5 * session.ttl:
+                self._lose(session, f"no renewal succeeded for {silent:.1f} s ({exc})")
+            else:
+                log.info("%s: renewing %s failed (%s); retrying", self, session.purpose, exc)
+            return
+        if alive:
+            session.last_ok = started
+            session.next_due = started + session.ttl / 3
+        else:
+            self._lose(session, "Consul invalidated its session")
+
+    def _lose(self, session: _Session, reason: str) -> None:
+        with self._mutex:
+            self._sessions.discard(session)
+            session.lost = True
+        try:
+            session.on_lost(reason)
+        except Exception:
+            log.exception("%s: handling the loss of %s failed", self, session.purpose)
+
+    # -- watches ----------------------------------------------------------------------------
+
+    def _start_watch(self, name: str, watch: Watch[Any], target: Callable[[], None]) -> None:
+        with self._mutex:
+            self._watches.add(watch)
+        try:
+            self._start_thread(name, target)
+        except BaseException:
+            watch.close()
+            raise
+
+    def _start_thread(self, name: str, target: Callable[[], None]) -> threading.Thread:
+        def run() -> None:
+            try:
+                target()
+            finally:
+                with self._mutex:
+                    self._threads.discard(thread)
+
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        with self._mutex:
+            self._check_open()
+            self._threads.add(thread)
+        thread.start()
+        return thread
+
+    def _poll(
+        self,
+        what: str,
+        fetch: Callable[[Any, int, str], tuple[Any, Any]],
+        index: int,
+        on_change: Callable[[Any], bool],
+        stop: threading.Event,
+        on_error: Callable[[PyKVError], None],
+        *,
+        own_connections: bool = True,
+    ) -> None:
+        """Blocking queries from ``index`` until ``stop``; ``on_change(data)`` after each
+        answer returns False to end. Errors are retried with back-off (the watch survives
+        agent failures and leader elections) until nothing succeeded for the give-up time.
+        Long-lived watches get connections of their own; a lock's short watch shares the
+        store's pool."""
+        transport = self._transport.clone(f"{what} on {self}") if own_connections else None
+        run = transport or self._transport
+        wait = f"{self._wait:g}s"
+        give_up = max(30.0, 3 * self.timeout)
+        failing_since: float | None = None
+        backoff = 0.05
+        try:
+            while not stop.is_set() and not self._stop.is_set():
+
+                def query(client: Any, at: int = index) -> tuple[Any, Any]:
+                    return fetch(client, at, wait)
+
+                try:
+                    new_index, data = run.call(what, query, blocking=self._wait)
+                except PermissionDeniedError as exc:
+                    on_error(exc)
+                    return
+                except PyKVError as exc:
+                    now = time.monotonic()
+                    failing_since = failing_since or now
+                    if now - failing_since > give_up:
+                        on_error(exc)
+                        return
+                    log.info("%s: %s (retrying in %.2f s)", self, exc, backoff)
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    continue
+                failing_since, backoff = None, 0.05
+                if stop.is_set():
+                    return
+                # Consul's rules: an index that goes backwards (a snapshot restore, a new
+                # leader with a different view) restarts from the answer's index; never < 1.
+                index = max(1, int(new_index))
+                if not on_change(data):
+                    return
+        except Exception as exc:  # never end silently: the consumer gets the error
+            log.exception("%s: %s failed", self, what)
+            on_error(UnavailableError(f"{what} on {self} failed: {exc!r}"))
+        finally:
+            if transport is not None:
+                transport.close()
+
+    def _on_watch_close(self, stop: threading.Event) -> Callable[[], None]:
+        def closed() -> None:
+            stop.set()
+            with self._mutex:
+                self._watches = {w for w in self._watches if not w.closed}
+
+        return closed
+
+    def _watch(self, key: str) -> Watch[KVPair | None]:
+        path = self._path(key)
+        index, current = self._read(key)
+        stop = threading.Event()
+        watch: Watch[KVPair | None] = Watch(
+            f"watch({key!r}) on {self}", on_close=self._on_watch_close(stop)
+        )
+        watch._emit(current)
+        last = [current]
+
+        def changed(entry: dict[str, Any] | None) -> bool:
+            pair = None if entry is None else self._pair(key, entry)
+            if pair != last[0]:  # writes to other keys can wake a query: compare
+                last[0] = pair
+                watch._emit(pair)
+            return True
+
+        self._start_watch(
+            f"pykv-consul-watch {key}",
+            watch,
+            lambda: self._poll(
+                f"watch {key!r}",
+                lambda c, i, w: c.kv.get(path, index=i, wait=w),
+                index,
+                changed,
+                stop,
+                watch._fail,
+            ),
+        )
+        return watch
+
+    def _watch_tree(self, prefix: str) -> Watch[list[KVPair]]:
+        base = self._tree_base(prefix)
+        index, entries = self._call(
+            f"watch_tree {prefix!r}", lambda c: c.kv.get(base, recurse=True)
+        )
+        current = self._pairs(entries)
+        stop = threading.Event()
+        watch: Watch[list[KVPair]] = Watch(
+            f"watch_tree({prefix!r}) on {self}", on_close=self._on_watch_close(stop)
+        )
+        watch._emit(current)
+        last = [current]
+
+        def changed(data: list[dict[str, Any]] | None) -> bool:
+            snapshot = self._pairs(data)
+            if snapshot != last[0]:
+                last[0] = snapshot
+                watch._emit(snapshot)
+            return True
+
+        self._start_watch(
+            f"pykv-consul-watch-tree {prefix}",
+            watch,
+            lambda: self._poll(
+                f"watch_tree {prefix!r}",
+                lambda c, i, w: c.kv.get(base, index=i, wait=w, recurse=True),
+                int(index),
+                changed,
+                stop,
+                watch._fail,
+            ),
+        )
+        return watch
+
+    # -- agent services (pykv.discovery.CatalogPublisher) ----------------------------------
+
+    def catalog_register(
+        self,
+        endpoint: EndpointLike,
+        *,
+        ttl: float,
+        checks: Sequence[CheckLike] = (),
+        deregister_critical_after: float | None = None,
+    ) -> None:
+        """Register (or update) ``endpoint`` as a service of the current agent, with a passing
+        TTL check (``service:<id>:ttl``) and ``checks``; checks it no longer has are removed."""
+        definition = service_definition(
+            endpoint, ttl=ttl, checks=checks, deregister_critical_after=deregister_critical_after
+        )
+        self._check_open()
+        with self._catalog_lock:
+            self._agent_register(f"register catalog service {endpoint.id!r}", definition)
+            self._catalog[endpoint.id] = definition
+
+    def catalog_deregister(self, endpoint_id: str) -> None:
+        """Deregister the agent service ``endpoint_id`` (and its checks); unknown: no-op."""
+        self._check_open()
+        with self._catalog_lock:
+            self._catalog.pop(endpoint_id, None)
+            self._transport.agent_put(
+                f"deregister catalog service {endpoint_id!r}",
+                f"/v1/agent/service/deregister/{endpoint_id}",
+            )
+
+    def catalog_pass_ttl(self, endpoint_id: str) -> None:
+        """Pass the TTL check of ``endpoint_id``. When the agent does not know it (a failover
+        to another agent, or Consul reaped it while critical) and this store registered it,
+        register it again, passing; else :class:`~pykv.KeyNotFoundError`."""
+        self._check_open()
+        what = f"pass the TTL check of catalog service {endpoint_id!r}"
+        if self._transport.agent_put(what, f"/v1/agent/check/pass/{ttl_check_id(endpoint_id)}"):
+            return
+        with self._catalog_lock:
+            definition = self._catalog.get(endpoint_id)
+            if definition is None:
+                raise KeyNotFoundError(
+                    f"{what}: the agent has no such check, and {self} did not register the service"
+                )
+            log.info(
+                "%s: the agent lost catalog service %r; registering it again", self, endpoint_id
+            )
+            self._agent_register(what, definition)
+
+    def _agent_register(self, what: str, definition: dict[str, Any]) -> None:
+        # replace-existing-checks: checks the definition no longer has are removed.
+        self._transport.agent_put(
+            what,
+            "/v1/agent/service/register",
+            definition,
+            params=[("replace-existing-checks", "true")],
+        )
+
+    # -- locks and closing ------------------------------------------------------------------
+
+    def _lock(self, key: str, value: bytes, ttl: float) -> Lock:
+        from ._lock import ConsulLock
+
+        return ConsulLock(self, key, value, ttl)
+
+    def _close(self) -> None:
+        for lock in list(self._locks):
+            with contextlib.suppress(PyKVError):
+                lock._cleanup_lost() if lock.lost.is_set() else lock.release()
+        with self._mutex:
+            sessions = list(self._sessions)
+            self._ttl_sessions.clear()
+        try:
+            for session in sessions:  # Consul deletes the TTL keys and lock keys they hold
+                try:
+                    self._destroy(session)
+                except PyKVError as exc:
+                    log.warning(
+                        "%s: could not destroy the session of %s (%s); Consul removes its keys "
+                        "within its TTL",
+                        self,
+                        session.purpose,
+                        exc,
+                    )
+        finally:
+            self._stop.set()
+            self._renew_wake.set()
+            with self._mutex:
+                watches = list(self._watches)
+            for watch in watches:
+                watch.close()
+            with self._mutex:
+                threads = list(self._threads)
+                threads += [self._renewer] if self._renewer is not None else []
+            # Watch threads end when their blocking query returns (<= MAX_WAIT s); a short
+            # join keeps close() quick, and the threads are daemons.
+            deadline = time.monotonic() + 1.0
+            for thread in threads:
+                if thread is not threading.current_thread():
+                    thread.join(timeout=max(0.0, deadline - time.monotonic()))
+            self._transport.close()
+
+
+def _session_invalid(exc: TxnFailed) -> bool:
+    return "invalid session" in str(exc).lower()

@@ -1,0 +1,1249 @@
+"""The etcd v3 store (``etcd://``, ``etcd3://``, ``etcd+tls://``) on gRPC.
+
+The gRPC messages and stubs come from etcd-sdk-python (``pyetcd.etcdrpc``, generated for current
+protobuf); pykv issues the RPCs itself so that every call carries its deadline, fails over
+between endpoints, and so that leases and watches are supervised (no etcd client keeps leases
+alive in the background, and every gRPC client's watch dies for good when its server restarts).
+
+Layout in etcd
+    A key ``k`` of a store with prefix ``p`` lives at ``p/k`` (no leading ``/``) holding the raw
+    value. Lock bookkeeping (one queue key per contender) lives under ``\\x00pykv-locks/``, a
+    namespace no pykv key can reach: keys cannot contain control characters, and ``list("")``
+    of a store without prefix starts at ``\\x01``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, TypeVar
+
+import grpc
+from pyetcd import etcdrpc
+
+from pykv import (
+    Capability,
+    ConfigurationError,
+    KeyExistsError,
+    KeyModifiedError,
+    KeyNotFoundError,
+    KVPair,
+    Lock,
+    OperationTimeoutError,
+    PermissionDeniedError,
+    PyKVError,
+    Store,
+    StoreURL,
+    TLSOptions,
+    UnavailableError,
+    Watch,
+)
+
+__all__ = ["EtcdOptions", "EtcdStore"]
+
+log = logging.getLogger("pykv.etcd")
+T = TypeVar("T")
+
+DEFAULT_PORT = 2379
+#: Lock bookkeeping namespace: outside every store prefix and below "\x01".
+LOCK_NAMESPACE = b"\x00pykv-locks/"
+#: Lower bound of the whole keyspace as pykv sees it (everything below is bookkeeping).
+KEYSPACE_START = b"\x01"
+#: range_end "\x00" means "every key >= key" in etcd.
+RANGE_ALL = b"\x00"
+#: A lock waiter re-checks its predecessor at least this often (a safety net, not polling).
+LOCK_WAIT_CHUNK = 30.0
+_MAX_BACKOFF = 1.0
+
+_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    # Come back quickly after a restart of the server (gRPC's default backoff reaches 120 s).
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    # Detect dead connections under long-lived watch streams; etcd allows pings every 5 s.
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.max_send_message_length", -1),
+]
+
+# Text etcd puts in errors about credentials, whatever the gRPC status code.
+_AUTH_TEXT = (
+    "authentication failed",
+    "user name is empty",
+    "permission denied",
+    "invalid auth token",
+    "user name not found",
+    "auth: revision in header is old",
+)
+
+
+# gRPC and etcd errors that mean the request was not applied, so that retrying is safe.
+_UNSENT_TEXT = (
+    "failed to connect",
+    "connection refused",
+    "no leader",
+    "connections to all backends failing",
+    "dns resolution failed",
+    "name resolution",
+)
+
+
+@dataclass(frozen=True)
+class EtcdOptions(TLSOptions):
+    """Options of etcd:// stores (see the package documentation).
+
+    username/password: etcd user credentials (also accepted in the URL as ``user:pw@``).
+    """
+
+    username: str | None = None
+    password: str | None = None
+
+
+def _b(text: str) -> bytes:
+    return text.encode("utf-8")
+
+
+def _range_end(prefix: bytes) -> bytes:
+    """The range_end of every key starting with ``prefix`` (which ends in a byte < 0xff)."""
+    return prefix[:-1] + bytes([prefix[-1] + 1])
+
+
+# -- the connection: endpoints, auth, deadlines, failover, error mapping ----------------------
+
+
+@dataclass
+class _Endpoint:
+    target: str
+    channel: grpc.Channel
+    kv: Any
+    lease: Any
+    watch: Any
+    auth: Any
+
+
+class _Client:
+    """gRPC channels to the store's endpoints, with auth and failover.
+
+    Every unary call goes through :meth:`call`: a deadline of the store's timeout, retries on
+    UNAVAILABLE (refused connection, leader change, no leader) on the next endpoint with a short
+    backoff, and one re-authentication when the auth token expired.
+    """
+
+    def __init__(self, store: EtcdStore, targets: Sequence[str]) -> None:
+        self.store = store
+        self.timeout = store.timeout
+        options: EtcdOptions = store.options
+        self._credentials: grpc.ChannelCredentials | None = None
+        if options.tls:
+            self._credentials = _tls_credentials(options)
+        self._endpoints = [self._connect(t) for t in targets]
+        self._current = 0
+        self._closed = False
+        self._mutex = threading.Lock()
+        self._user = options.username if options.username is not None else store.url.username
+        self._password = options.password if options.password is not None else store.url.password
+        self._metadata: tuple[tuple[str, str], ...] = ()
+        if self._user is not None or self._password is not None:
+            if not self._user or self._password is None:
+                raise ConfigurationError(
+                    f"{store}: etcd authentication needs both a username and a password"
+                )
+            self._authenticate(time.monotonic() + self.timeout)
+
+    def _connect(self, target: str) -> _Endpoint:
+        if self._credentials is not None:
+            channel = grpc.secure_channel(target, self._credentials, options=_CHANNEL_OPTIONS)
+        else:
+            channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        return _Endpoint(
+            target,
+            channel,
+            etcdrpc.KVStub(channel),
+            etcdrpc.LeaseStub(channel),
+            etcdrpc.WatchStub(channel),
+            etcdrpc.AuthStub(channel),
+        )
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+    def endpoint(self) -> _Endpoint:
+        return self._endpoints[self._current]
+
+    def failover(self, failed: _Endpoint) -> None:
+        """Move on to the next endpoint after ``failed`` did not answer."""
+        with self._mutex:
+            if len(self._endpoints) > 1 and self._endpoints[self._current] is failed:
+                self._current = (self._current + 1) % len(self._endpoints)
+                log.info(
+                    "etcd endpoint %s failed; trying %s", failed.target, self.endpoint().target
+                )
+
+    def _authenticate(self, deadline: float) -> None:
+        request = etcdrpc.AuthenticateRequest(name=self._user, password=self._password)
+        response = self.call("authenticate", "auth", "Authenticate", request, deadline=deadline)
+        self._metadata = (("token", response.token),)
+
+    def attempt_timeout(self, deadline: float) -> float:
+        remaining = deadline - time.monotonic()
+        if len(self._endpoints) > 1:
+            # Leave time to try another endpoint: a member that lost its leader holds
+            # requests until its proposal times out.
+            remaining = min(remaining, max(1.0, min(2.0, self.timeout / 3)))
+        return max(remaining, 0.001)
+
+    def call(
+        self,
+        what: str,
+        stub: str,
+        method: str,
+        request: Any,
+        *,
+        deadline: float | None = None,
+        conditional: bool = False,
+    ) -> Any:
+        """One unary RPC within the deadline (default: now + the store's timeout).
+
+        A ``conditional`` write (a compare-and-swap) is retried only when etcd surely did not
+        get it; after an attempt with an unknown outcome a retry could report a conflict with
+        its own first attempt, so the error is raised instead.
+        """
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout
+        backoff = 0.02
+        reauthenticated = False
+        while True:
+            ep = self.endpoint()
+            if self._closed:
+                raise UnavailableError(f"{what}: the store {self.store} is closed")
+            try:
+                fn = getattr(getattr(ep, stub), method)
+                metadata = self._metadata if method != "Authenticate" else ()
+                return fn(request, timeout=self.attempt_timeout(deadline), metadata=metadata)
+            except ValueError as exc:  # gRPC's "Cannot invoke RPC on closed channel!"
+                if self._closed:
+                    raise UnavailableError(f"{what}: the store {self.store} is closed") from exc
+                raise
+            except grpc.RpcError as exc:
+                code = exc.code()
+                if (
+                    code == grpc.StatusCode.UNAUTHENTICATED
+                    and method != "Authenticate"
+                    and self._metadata
+                    and not reauthenticated
+                ):
+                    reauthenticated = True  # the token expired (etcd's default TTL is 5 min)
+                    self._authenticate(deadline)
+                    continue
+                retry = code == grpc.StatusCode.UNAVAILABLE or (
+                    code == grpc.StatusCode.DEADLINE_EXCEEDED and len(self._endpoints) > 1
+                )
+                if retry and conditional:
+                    details = (exc.details() or "").lower()
+                    retry = code == grpc.StatusCode.UNAVAILABLE and any(
+                        text in details for text in _UNSENT_TEXT
+                    )
+                if retry and time.monotonic() + backoff < deadline:
+                    self.failover(ep)
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, _MAX_BACKOFF / 4)
+                    continue
+                raise self.error(exc, what, ep) from exc
+
+    def error(self, exc: grpc.RpcError, what: str, ep: _Endpoint | None = None) -> PyKVError:
+        """Map a gRPC error to pykv's: the one place that does it."""
+        code = exc.code()
+        details = exc.details() or str(code)
+        where = f"{what} on {self.store} (endpoint {(ep or self.endpoint()).target})"
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) or any(
+            text in details for text in _AUTH_TEXT
+        ):
+            return PermissionDeniedError(f"{where}: etcd refused the credentials: {details}")
+        if code == grpc.StatusCode.NOT_FOUND and "lease not found" in details:
+            return _LeaseGoneError(f"{where}: {details}")
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return OperationTimeoutError(f"{where}: no answer within {self.timeout} s")
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return UnavailableError(f"{where}: etcd is unavailable: {details}")
+        return UnavailableError(f"{where}: etcd failed the call ({code.name}): {details}")
+
+    def close(self) -> None:
+        self._closed = True
+        for ep in self._endpoints:
+            ep.channel.close()
+
+
+class _LeaseGoneError(UnavailableError):
+    """etcd no longer knows a lease of the store (it expired or was revoked)."""
+
+
+def _tls_credentials(options: EtcdOptions) -> grpc.ChannelCredentials:
+    if not options.verify:
+        raise ConfigurationError(
+            "etcd:// stores cannot skip certificate verification (gRPC has no such switch); "
+            "pass the server's CA bundle with ca=PATH"
+        )
+
+    def read(path: str | None, what: str) -> bytes | None:
+        if path is None:
+            return None
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read the TLS {what} file {path!r}: {exc}") from exc
+
+    if (options.cert is None) != (options.key is None):
+        raise ConfigurationError("TLS client authentication needs both cert= and key=")
+    return grpc.ssl_channel_credentials(
+        root_certificates=read(options.ca, "CA"),
+        private_key=read(options.key, "key"),
+        certificate_chain=read(options.cert, "certificate"),
+    )
+
+
+# -- supervised watch streams ---------------------------------------------------------------
+
+
+class _WatchStream:
+    """One gRPC watch of ``[key, range_end)`` from a revision, on its own thread, supervised.
+
+    The stream is restarted with backoff after any error (server restart, leader change,
+    endpoint failure) from the revision after the last event seen. When that revision was
+    compacted, ``on_compacted`` re-reads the state and returns the revision to go on from.
+    """
+
+    def __init__(
+        self,
+        store: EtcdStore,
+        name: str,
+        key: bytes,
+        range_end: bytes | None,
+        start_revision: int,
+        on_events: Callable[[Sequence[Any]], None],
+        on_compacted: Callable[[], int],
+        on_error: Callable[[PyKVError], None],
+    ) -> None:
+        self.store = store
+        self.name = name
+        self.key = key
+        self.range_end = range_end
+        self.next_revision = start_revision
+        self.on_events = on_events
+        self.on_compacted = on_compacted
+        self.on_error = on_error
+        self._stop = threading.Event()
+        self._mutex = threading.Lock()
+        self._call: Any = None
+        self._thread = threading.Thread(target=self._run, name=f"pykv-etcd {name}", daemon=True)
+
+    def start(self) -> None:
+        self.store._streams.add(self)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._mutex:
+            call = self._call
+        if call is not None:
+            call.cancel()
+        self.store._streams.discard(self)
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=self.store.timeout)
+
+    def _request(self) -> Any:
+        create = etcdrpc.WatchCreateRequest(
+            key=self.key, start_revision=self.next_revision, progress_notify=True
+        )
+        if self.range_end is not None:
+            create.range_end = self.range_end
+        return etcdrpc.WatchRequest(create_request=create)
+
+    def _run(self) -> None:
+        client = self.store._client
+        backoff = 0.05
+        while not self._stop.is_set():
+            ep = client.endpoint()
+            request = self._request()
+            done = threading.Event()
+
+            def requests(request: Any = request, done: threading.Event = done) -> Iterator[Any]:
+                yield request
+                done.wait()  # keep the request side open while the watch lives
+
+            call: Any = None
+            try:
+                # "hasleader": the server ends the stream when its member loses the leader,
+                # so the watch moves to a member that still sees updates.
+                call = ep.watch.Watch(
+                    requests(), metadata=(*client.metadata, ("hasleader", "true"))
+                )
+                with self._mutex:
+                    self._call = call
+                if self._stop.is_set():
+                    break
+                for response in call:
+                    if response.compact_revision:
+                        self.next_revision = self.on_compacted() + 1
+                        break
+                    if response.canceled:
+                        reason = response.cancel_reason
+                        if any(text in reason for text in _AUTH_TEXT):
+                            self.on_error(
+                                PermissionDeniedError(f"{self.name} on {self.store}: {reason}")
+                            )
+                            return
+                        log.info("%s: etcd cancelled the watch (%s); restarting", self.name, reason)
+                        break
+                    if response.events:
+                        self.next_revision = response.events[-1].kv.mod_revision + 1
+                        self.on_events(response.events)
+                    elif not response.created:  # progress notification
+                        self.next_revision = max(self.next_revision, response.header.revision + 1)
+                    backoff = 0.05
+            except grpc.RpcError as exc:
+                if self._stop.is_set():
+                    break
+                mapped = client.error(exc, self.name, ep)
+                if isinstance(mapped, PermissionDeniedError):
+                    if exc.code() == grpc.StatusCode.UNAUTHENTICATED and client.metadata:
+                        try:  # an expired token: log in again and go on
+                            client._authenticate(time.monotonic() + client.timeout)
+                            continue
+                        except PyKVError:
+                            pass
+                    self.on_error(mapped)
+                    return
+                log.info("%s: watch stream failed (%s); restarting", self.name, mapped)
+                client.failover(ep)
+            except PyKVError as exc:  # a re-read after compaction failed: try again
+                log.info("%s: %s; retrying", self.name, exc)
+            except Exception as exc:  # a bug: end the watch with the error, never silently
+                log.exception("%s failed", self.name)
+                self.on_error(UnavailableError(f"{self.name} on {self.store} failed: {exc!r}"))
+                return
+            finally:
+                done.set()
+                if call is not None:
+                    call.cancel()
+                with self._mutex:
+                    self._call = None
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, _MAX_BACKOFF * 2)
+
+
+# -- leases -----------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Lease:
+    """A lease of the store: shared by its TTL keys and locks of one TTL (whole seconds)."""
+
+    ttl: int
+    id: int = 0
+    granted: int = 0
+    #: monotonic time after which the server may have expired the lease
+    expires: float = 0.0
+    next_renewal: float = 0.0
+    keys: dict[bytes, bytes] = field(default_factory=dict)
+    locks: set[_EtcdLock] = field(default_factory=set)
+
+
+class EtcdStore(Store):
+    """The etcd v3 store. See the package documentation."""
+
+    schemes: ClassVar[tuple[str, ...]] = ("etcd", "etcd3")
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(Capability)
+    options_class = EtcdOptions
+    distribution: ClassVar[str] = "pykv-etcd"
+    #: Lease TTLs are whole seconds (rounded up; etcd's minimum is 2 s with default tuning) and
+    #: etcd looks for expired leases every 0.5 s.
+    ttl_slack: ClassVar[float] = 2.0
+    options: EtcdOptions
+
+    def __init__(self, url: StoreURL, options: EtcdOptions) -> None:
+        if not options.prefix and url.path:
+            options = replace(options, prefix=url.path)
+        super().__init__(url, options)
+        if not url.hosts:
+            raise ConfigurationError(f"{url}: an etcd URL needs at least one host[:port]")
+        targets = [str(h.with_default_port(DEFAULT_PORT)) for h in url.hosts]
+        self._streams: set[_WatchStream] = set()
+        self._watches: set[Watch[Any]] = set()
+        self._waits: set[Any] = set()  # gRPC calls of lock waiters, cancelled on close
+        self._leases: dict[int, _Lease] = {}
+        self._lease_lock = threading.RLock()
+        self._stop = threading.Event()
+        self._keeper: threading.Thread | None = None
+        self._keeper_wake = threading.Event()
+        self._client = _Client(self, targets)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _call(
+        self, what: str, method: str, request: Any, stub: str = "kv", conditional: bool = False
+    ) -> Any:
+        return self._client.call(what, stub, method, request, conditional=conditional)
+
+    def _key(self, key: str) -> bytes:
+        return _b(self._path(key))
+
+    def _tree_range(self, prefix: str) -> tuple[bytes, bytes]:
+        """The range of every key strictly below ``prefix`` (the whole store for "")."""
+        base = self._path(prefix)
+        if not base:
+            return KEYSPACE_START, RANGE_ALL
+        start = _b(base + "/")
+        return start, _range_end(start)
+
+    def _pair(self, kv: Any) -> KVPair:
+        return KVPair(self._relative(kv.key.decode("utf-8", "replace")), kv.value, kv.mod_revision)
+
+    def _forget(self, path: bytes, range_end: bytes | None = None) -> None:
+        """Drop written TTL keys from memory after a plain write or a delete."""
+        with self._lease_lock:
+            for lease in self._leases.values():
+                if range_end is None:
+                    lease.keys.pop(path, None)
+                else:
+                    for k in [
+                        k
+                        for k in lease.keys
+                        if path <= k and (range_end == RANGE_ALL or k < range_end)
+                    ]:
+                        del lease.keys[k]
+
+    # -- keys and values -------------------------------------------------------------------
+
+    def _get(self, key: str) -> KVPair:
+        response = self._call(f"get {key!r}", "Range", etcdrpc.RangeRequest(key=self._key(key)))
+        if not response.kvs:
+            raise KeyNotFoundError(f"{key!r} not found in {self}")
+        kv = response.kvs[0]
+        return KVPair(key, kv.value, kv.mod_revision)
+
+    def _exists(self, key: str) -> bool:
+        request = etcdrpc.RangeRequest(key=self._key(key), count_only=True)
+        return bool(self._call(f"exists {key!r}", "Range", request).count)
+
+    def _put(self, key: str, value: bytes, ttl: float | None) -> None:
+        path = self._key(key)
+        if ttl is None:
+            self._call(f"put {key!r}", "Put", etcdrpc.PutRequest(key=path, value=value))
+            self._forget(path)
+            return
+        lease = self._lease(ttl)
+        self._with_lease(
+            lease,
+            lambda: self._call(
+                f"put {key!r}", "Put", etcdrpc.PutRequest(key=path, value=value, lease=lease.id)
+            ),
+        )
+        self._remember(lease, path, value)
+
+    def _remember(self, lease: _Lease, path: bytes, value: bytes) -> None:
+        with self._lease_lock:
+            for other in self._leases.values():
+                if other is not lease:
+                    other.keys.pop(path, None)
+            lease.keys[path] = value
+
+    def _delete(self, key: str) -> None:
+        path = self._key(key)
+        self._call(f"delete {key!r}", "DeleteRange", etcdrpc.DeleteRangeRequest(key=path))
+        self._forget(path)
+
+    def _list(self, prefix: str) -> list[KVPair]:
+        start, end = self._tree_range(prefix)
+        request = etcdrpc.RangeRequest(key=start, range_end=end)
+        response = self._call(f"list {prefix!r}", "Range", request)
+        return [self._pair(kv) for kv in response.kvs]
+
+    def _delete_tree(self, prefix: str) -> None:
+        start, end = self._tree_range(prefix)
+        ops = [
+            etcdrpc.RequestOp(
+                request_delete_range=etcdrpc.DeleteRangeRequest(key=start, range_end=end)
+            )
+        ]
+        if prefix or self.prefix:
+            base = _b(self._path(prefix))
+            ops.append(etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=base)))
+            self._forget(base)
+        self._call(f"delete_tree {prefix!r}", "Txn", etcdrpc.TxnRequest(success=ops))
+        self._forget(start, end)
+
+    def _atomic_put(
+        self, key: str, value: bytes, previous: KVPair | None, ttl: float | None
+    ) -> KVPair:
+        path = self._key(key)
+        lease = self._lease(ttl) if ttl is not None else None
+        if previous is None:
+            compare = etcdrpc.Compare(
+                key=path,
+                target=etcdrpc.Compare.CREATE,
+                result=etcdrpc.Compare.EQUAL,
+                create_revision=0,
+            )
+        else:
+            compare = etcdrpc.Compare(
+                key=path,
+                target=etcdrpc.Compare.MOD,
+                result=etcdrpc.Compare.EQUAL,
+                mod_revision=previous.revision,
+            )
+
+        def txn() -> Any:
+            put = etcdrpc.PutRequest(key=path, value=value, lease=lease.id if lease else 0)
+            request = etcdrpc.TxnRequest(
+                compare=[compare],
+                success=[etcdrpc.RequestOp(request_put=put)],
+                failure=[
+                    etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=path, keys_only=True))
+                ],
+            )
+            return self._call(f"atomic_put {key!r}", "Txn", request, conditional=True)
+
+        response = txn() if lease is None else self._with_lease(lease, txn)
+        if not response.succeeded:
+            self._raise_conflict(key, previous, response)
+        if lease is None:
+            self._forget(path)
+        else:
+            self._remember(lease, path, value)
+        return KVPair(key, value, response.header.revision)
+
+    def _raise_conflict(self, key: str, previous: KVPair | None, response: Any) -> None:
+        kvs = response.responses[0].response_range.kvs
+        if previous is None:
+            raise KeyExistsError(f"{key!r} already exists in {self}")
+        if not kvs:
+            raise KeyNotFoundError(f"{key!r} not found in {self}")
+        raise KeyModifiedError(
+            f"{key!r} is at revision {kvs[0].mod_revision}, not {previous.revision}, in {self}"
+        )
+
+    def _atomic_delete(self, key: str, previous: KVPair) -> None:
+        path = self._key(key)
+        request = etcdrpc.TxnRequest(
+            compare=[
+                etcdrpc.Compare(
+                    key=path,
+                    target=etcdrpc.Compare.MOD,
+                    result=etcdrpc.Compare.EQUAL,
+                    mod_revision=previous.revision,
+                )
+            ],
+            success=[etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=path))],
+            failure=[
+                etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=path, keys_only=True))
+            ],
+        )
+        response = self._call(f"atomic_delete {key!r}", "Txn", request, conditional=True)
+        if not response.succeeded:
+            self._raise_conflict(key, previous, response)
+        self._forget(path)
+
+    # -- watches ---------------------------------------------------------------------------
+
+    def _start_watch(self, watch: Watch[Any], stream: _WatchStream) -> None:
+        self._watches.add(watch)
+        stream.start()
+
+    def _watch(self, key: str) -> Watch[KVPair | None]:
+        path = self._key(key)
+        what = f"watch({key!r})"
+        response = self._call(what, "Range", etcdrpc.RangeRequest(key=path))
+        current = self._pair(response.kvs[0]) if response.kvs else None
+        last: list[KVPair | None] = [current]
+        stream: _WatchStream
+
+        def closed() -> None:
+            stream.stop()
+            self._watches.discard(watch)
+
+        watch: Watch[KVPair | None] = Watch(f"{what} on {self}", on_close=closed)
+        watch._emit(current)
+
+        def deliver(pair: KVPair | None) -> None:
+            if pair != last[0]:  # a compaction re-read may find what was delivered already
+                last[0] = pair
+                watch._emit(pair)
+
+        def on_events(events: Sequence[Any]) -> None:
+            for ev in events:
+                deliver(None if ev.type == ev.DELETE else self._pair(ev.kv))
+
+        def on_compacted() -> int:
+            reread = self._call(what, "Range", etcdrpc.RangeRequest(key=path))
+            deliver(self._pair(reread.kvs[0]) if reread.kvs else None)
+            return int(reread.header.revision)
+
+        stream = _WatchStream(
+            self,
+            what,
+            path,
+            None,
+            response.header.revision + 1,
+            on_events,
+            on_compacted,
+            watch._fail,
+        )
+        self._start_watch(watch, stream)
+        return watch
+
+    def _watch_tree(self, prefix: str) -> Watch[list[KVPair]]:
+        start, end = self._tree_range(prefix)
+        what = f"watch_tree({prefix!r})"
+        read = etcdrpc.RangeRequest(key=start, range_end=end)
+        response = self._call(what, "Range", read)
+        snapshot: dict[bytes, KVPair] = {kv.key: self._pair(kv) for kv in response.kvs}
+        stream: _WatchStream
+
+        def emit() -> None:
+            watch._emit([snapshot[k] for k in sorted(snapshot)])
+
+        def closed() -> None:
+            stream.stop()
+            self._watches.discard(watch)
+
+        watch: Watch[list[KVPair]] = Watch(f"{what} on {self}", on_close=closed)
+        emit()
+
+        def on_events(events: Sequence[Any]) -> None:
+            for ev in events:
+                if ev.type == ev.DELETE:
+                    snapshot.pop(ev.kv.key, None)
+                else:
+                    snapshot[ev.kv.key] = self._pair(ev.kv)
+            emit()
+
+        def on_compacted() -> int:
+            reread = self._call(what, "Range", read)
+            fresh = {kv.key: self._pair(kv) for kv in reread.kvs}
+            if fresh != snapshot:
+                snapshot.clear()
+                snapshot.update(fresh)
+                emit()
+            return int(reread.header.revision)
+
+        stream = _WatchStream(
+            self,
+            what,
+            start,
+            end,
+            response.header.revision + 1,
+            on_events,
+            on_compacted,
+            watch._fail,
+        )
+        self._start_watch(watch, stream)
+        return watch
+
+    # -- leases ----------------------------------------------------------------------------
+
+    def _lease(self, ttl: float) -> _Lease:
+        """The store's lease for ``ttl`` (whole seconds, rounded up), granted on first use."""
+        seconds = max(1, math.ceil(ttl))
+        with self._lease_lock:
+            self._check_open()
+            lease = self._leases.get(seconds)
+            if lease is None:
+                lease = _Lease(seconds)
+                self._grant(lease)
+                self._leases[seconds] = lease
+                self._keeper_wake.set()
+            if self._keeper is None:
+                self._keeper = threading.Thread(
+                    target=self._keep_alive, name=f"pykv-etcd-leases-{self}", daemon=True
+                )
+                self._keeper.start()
+            return lease
+
+    def _with_lease(self, lease: _Lease, call: Callable[[], T]) -> T:
+        """Run ``call`` (which writes with ``lease.id``); if etcd no longer knows the lease,
+        replace it and run ``call`` once more."""
+        seen = lease.id
+        try:
+            return call()
+        except _LeaseGoneError:
+            self._replace(lease, seen)
+            return call()
+
+    def _grant(self, lease: _Lease) -> None:
+        sent = time.monotonic()
+        request = etcdrpc.LeaseGrantRequest(TTL=lease.ttl, ID=0)
+        response = self._call(f"grant a {lease.ttl} s lease", "LeaseGrant", request, stub="lease")
+        if response.error:
+            raise UnavailableError(f"etcd refused a lease on {self}: {response.error}")
+        lease.id, lease.granted = response.ID, response.TTL
+        lease.expires = sent + response.TTL
+        lease.next_renewal = sent + response.TTL / 3
+
+    @staticmethod
+    def _lost_at(lease: _Lease) -> float:
+        """When the locks on ``lease`` must count as lost if it was not renewed: a margin
+        before the earliest moment etcd could expire it (our last renewal's send time + TTL)."""
+        return lease.expires - max(0.5, lease.granted * 0.15)
+
+    def _renew(self, lease: _Lease) -> int:
+        """One LeaseKeepAlive round trip; returns the TTL etcd gave (0: the lease is gone)."""
+        client = self._client
+        now = time.monotonic()
+        deadline = now + min(self.timeout, max(0.5, lease.granted / 3))
+        if lease.locks and self._lost_at(lease) > now:
+            deadline = min(deadline, self._lost_at(lease))  # be back in time to tell the locks
+        backoff = 0.02
+        while True:
+            ep = client.endpoint()
+            call: Any = None
+            try:
+                call = ep.lease.LeaseKeepAlive(
+                    iter([etcdrpc.LeaseKeepAliveRequest(ID=lease.id)]),
+                    timeout=client.attempt_timeout(deadline),
+                    metadata=client.metadata,
+                )
+                for response in call:
+                    return int(response.TTL)
+                raise UnavailableError(f"renew the lease on {self}: the stream ended")
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    return 0
+                if exc.code() == grpc.StatusCode.UNAUTHENTICATED and client.metadata:
+                    client._authenticate(deadline)
+                    continue
+                if time.monotonic() + backoff < deadline and exc.code() in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                ):
+                    client.failover(ep)
+                    time.sleep(backoff)
+                    backoff *= 2
+                    continue
+                raise client.error(exc, "renew the lease", ep) from exc
+            finally:
+                if call is not None:
+                    call.cancel()
+
+    def _keep_alive(self) -> None:
+        """The keepalive thread: renews every lease at a third of its TTL; re-creates the TTL
+        keys of a lease that expired anyway; marks locks on an uncertain lease lost."""
+        while not self._stop.is_set():
+            with self._lease_lock:
+                leases = list(self._leases.values())
+            now = time.monotonic()
+            due = [lease.next_renewal for lease in leases]
+            due += [self._lost_at(lease) for lease in leases if any(x.held for x in lease.locks)]
+            wait = min([t - now for t in due] + [1.0])
+            if wait > 0:
+                self._keeper_wake.wait(wait)
+                self._keeper_wake.clear()
+                continue
+            for lease in leases:
+                if self._stop.is_set():
+                    return
+                if lease.locks and time.monotonic() >= self._lost_at(lease) - 0.1:
+                    # Tell the holders before etcd can expire the lease and hand the locks on.
+                    for lock in list(lease.locks):
+                        lock._mark_lost("etcd could not be reached for nearly the lease's TTL")
+                if time.monotonic() < lease.next_renewal:
+                    continue
+                sent = time.monotonic()
+                try:
+                    ttl = self._renew(lease)
+                    if ttl > 0:
+                        lease.expires = sent + ttl
+                        lease.next_renewal = sent + max(0.2, lease.granted / 3)
+                        self._check_locks(lease)
+                    else:
+                        self._replace(lease, lease.id)
+                except PyKVError as exc:
+                    log.warning("renewing the %d s lease of %s failed: %s", lease.ttl, self, exc)
+                    lease.next_renewal = time.monotonic() + min(0.25, lease.granted / 10)
+                except Exception:  # keep the thread alive: TTL keys depend on it
+                    log.exception("lease keepalive of %s failed", self)
+                    lease.next_renewal = time.monotonic() + 1.0
+
+    def _check_locks(self, lease: _Lease) -> None:
+        """With each renewal: a held lock whose key was deleted or overwritten is lost."""
+        with self._lease_lock:
+            locks = [lock for lock in lease.locks if lock.held]
+        if not locks:
+            return
+        ranges = [
+            etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=lock._path, keys_only=True))
+            for lock in locks
+        ]
+        response = self._call("check held locks", "Txn", etcdrpc.TxnRequest(success=ranges))
+        for lock, result in zip(locks, response.responses, strict=True):
+            kvs = result.response_range.kvs
+            if not kvs:
+                lock._lose("its key was deleted")
+            elif kvs[0].create_revision != lock.token or kvs[0].lease != lease.id:
+                lock._lose("its key was overwritten")
+
+    def _replace(self, lease: _Lease, seen: int) -> None:
+        """The lease ``seen`` expired while the store is open: a new one, and the TTL keys
+        back. Does nothing if another thread replaced it already."""
+        with self._lease_lock:
+            if lease.id != seen:
+                return
+            for lock in list(lease.locks):
+                lock._mark_lost("its etcd lease expired")
+            lease.locks.clear()
+            self._grant(lease)
+            keys = dict(lease.keys)
+        log.warning("the %d s lease of %s expired; re-creating %d keys", lease.ttl, self, len(keys))
+        for path, value in keys.items():
+            # Only where nobody wrote the key meanwhile.
+            request = etcdrpc.TxnRequest(
+                compare=[
+                    etcdrpc.Compare(
+                        key=path,
+                        target=etcdrpc.Compare.CREATE,
+                        result=etcdrpc.Compare.EQUAL,
+                        create_revision=0,
+                    )
+                ],
+                success=[
+                    etcdrpc.RequestOp(
+                        request_put=etcdrpc.PutRequest(key=path, value=value, lease=lease.id)
+                    )
+                ],
+            )
+            response = self._call("re-create a TTL key", "Txn", request)
+            if not response.succeeded:
+                with self._lease_lock:
+                    lease.keys.pop(path, None)
+
+    # -- locks -----------------------------------------------------------------------------
+
+    def _lock(self, key: str, value: bytes, ttl: float) -> Lock:
+        return _EtcdLock(self, key, value, ttl)
+
+    def _wait_deleted(self, path: bytes, after: int, deadline: float | None) -> None:
+        """Block until ``path`` is deleted at a revision > ``after``, the deadline, an error or
+        :data:`LOCK_WAIT_CHUNK`; the caller re-checks the state either way."""
+        client = self._client
+        limit = (
+            LOCK_WAIT_CHUNK
+            if deadline is None
+            else min(LOCK_WAIT_CHUNK, deadline - time.monotonic())
+        )
+        if limit <= 0:
+            return
+        create = etcdrpc.WatchCreateRequest(
+            key=path, start_revision=after + 1, filters=[etcdrpc.WatchCreateRequest.NOPUT]
+        )
+        done = threading.Event()
+
+        def requests() -> Iterator[Any]:
+            yield etcdrpc.WatchRequest(create_request=create)
+            done.wait()
+
+        ep = client.endpoint()
+        call: Any = None
+        try:
+            call = ep.watch.Watch(
+                requests(), timeout=limit, metadata=(*client.metadata, ("hasleader", "true"))
+            )
+            self._waits.add(call)
+            if self._stop.is_set():
+                return
+            for response in call:
+                if response.events or response.compact_revision or response.canceled:
+                    return
+        except grpc.RpcError as exc:
+            if self._stop.is_set() or exc.code() in (
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                grpc.StatusCode.CANCELLED,
+            ):
+                return
+            mapped = client.error(exc, "wait for a lock", ep)
+            if isinstance(mapped, PermissionDeniedError):
+                raise mapped from exc
+            client.failover(ep)
+            time.sleep(0.1)
+        finally:
+            done.set()
+            if call is not None:
+                call.cancel()
+                self._waits.discard(call)
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def _close(self) -> None:
+        # If etcd cannot be reached, give up on the first failure instead of waiting out one
+        # timeout per lock and lease: etcd expires the leases (and so the keys) by itself.
+        reachable = True
+        with self._lease_lock:
+            locks = [lock for lease in self._leases.values() for lock in lease.locks]
+        for lock in locks:
+            if not reachable:
+                lock._mark_lost("the store was closed while etcd could not be reached")
+                continue
+            try:
+                lock._cleanup_lost() if lock.lost.is_set() else lock.release()
+            except UnavailableError:
+                reachable = False
+            except PyKVError:
+                pass
+        self._stop.set()
+        self._keeper_wake.set()
+        for call in list(self._waits):
+            call.cancel()
+        for watch in list(self._watches):
+            watch.close()
+        for stream in list(self._streams):
+            stream.stop()
+        if self._keeper is not None and self._keeper is not threading.current_thread():
+            self._keeper.join(timeout=self.timeout)
+        try:
+            with self._lease_lock:
+                leases = list(self._leases.values())
+                self._leases.clear()
+            for lease in leases if reachable else ():  # revoking deletes the TTL keys at once
+                with contextlib.suppress(PyKVError):
+                    self._call(
+                        "revoke a lease",
+                        "LeaseRevoke",
+                        etcdrpc.LeaseRevokeRequest(ID=lease.id),
+                        stub="lease",
+                    )
+        finally:
+            self._client.close()
+
+
+class _EtcdLock(Lock):
+    """A lock on ``key``: contenders queue as keys under the lock namespace, ordered by create
+    revision; the head of the queue creates the lock key (holding the value) and its create
+    revision is the fencing token. Each waiter watches only its predecessor."""
+
+    store: EtcdStore
+
+    def __init__(self, store: EtcdStore, key: str, value: bytes, ttl: float) -> None:
+        super().__init__(store, key, value, ttl)
+        self._path = store._key(key)
+        self._queue_prefix = LOCK_NAMESPACE + self._path + b"\x00"
+        self._queue_key = b""
+        self._lease: _Lease | None = None
+
+    def _acquire(self, timeout: float | None) -> int | None:
+        store = self.store
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._queue_key = self._queue_prefix + uuid.uuid4().hex.encode()
+        acquired = False
+        try:
+            lease, response = self._enqueue()
+            if response.succeeded:  # nobody queued, nobody held it: ours in one round trip
+                acquired = True
+                return self._held_at(int(response.header.revision), lease)
+            while True:
+                at = int(response.header.revision)
+                queue = response.responses[-2].response_range.kvs
+                holder = response.responses[-1].response_range.kvs
+                mine = next((kv.create_revision for kv in queue if kv.key == self._queue_key), 0)
+                earlier = [kv for kv in queue if kv.create_revision < mine]
+                if not mine:  # our lease expired meanwhile: queue again
+                    lease, response = self._enqueue()
+                    if response.succeeded:
+                        acquired = True
+                        return self._held_at(int(response.header.revision), lease)
+                    continue
+                if earlier:
+                    wait_for = max(earlier, key=lambda kv: kv.create_revision).key
+                elif holder and holder[0].lease == lease.id and holder[0].create_revision >= mine:
+                    # Our own claim, whose answer was lost and the call retried.
+                    acquired = True
+                    return self._held_at(int(holder[0].create_revision), lease)
+                elif holder:  # a holder that lost its queue entry, or a plain value
+                    wait_for = self._path
+                else:
+                    token = self._claim(lease, mine)
+                    if token is not None:
+                        acquired = True
+                        return token
+                    response = self._read()
+                    continue
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
+                store._wait_deleted(wait_for, at, deadline)
+                store._check_open()
+                response = self._read()
+        finally:
+            if not acquired:
+                with contextlib.suppress(PyKVError):
+                    self._abandon()
+
+    def _queue_ops(self) -> list[Any]:
+        """Read the queue (oldest first) and the lock key, in one transaction."""
+        return [
+            etcdrpc.RequestOp(
+                request_range=etcdrpc.RangeRequest(
+                    key=self._queue_prefix,
+                    range_end=_range_end(self._queue_prefix),
+                    sort_order=etcdrpc.RangeRequest.ASCEND,
+                    sort_target=etcdrpc.RangeRequest.CREATE,
+                    keys_only=True,
+                )
+            ),
+            etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=self._path, keys_only=True)),
+        ]
+
+    def _enqueue(self) -> tuple[_Lease, Any]:
+        """Queue up (our queue key, with the lease) and, when the queue is empty and the lock
+        key absent, create the lock key in the same transaction."""
+        store = self.store
+        lease = store._lease(self.ttl)
+        self._lease = lease
+
+        def txn() -> Any:
+            queue_up = etcdrpc.RequestOp(
+                request_put=etcdrpc.PutRequest(key=self._queue_key, lease=lease.id)
+            )
+            claim = etcdrpc.PutRequest(key=self._path, value=self.value, lease=lease.id)
+            request = etcdrpc.TxnRequest(
+                compare=[
+                    etcdrpc.Compare(
+                        key=self._path,
+                        target=etcdrpc.Compare.CREATE,
+                        result=etcdrpc.Compare.EQUAL,
+                        create_revision=0,
+                    ),
+                    # Over a range: true when no key is in it (etcd compares with an empty key).
+                    etcdrpc.Compare(
+                        key=self._queue_prefix,
+                        range_end=_range_end(self._queue_prefix),
+                        target=etcdrpc.Compare.CREATE,
+                        result=etcdrpc.Compare.EQUAL,
+                        create_revision=0,
+                    ),
+                ],
+                success=[queue_up, etcdrpc.RequestOp(request_put=claim)],
+                failure=[queue_up, *self._queue_ops()],
+            )
+            return store._call(f"lock {self.key!r}", "Txn", request)
+
+        return lease, store._with_lease(lease, txn)
+
+    def _read(self) -> Any:
+        request = etcdrpc.TxnRequest(success=self._queue_ops())
+        return self.store._call(f"lock {self.key!r}", "Txn", request)
+
+    def _claim(self, lease: _Lease, mine: int) -> int | None:
+        """Create the lock key if it is absent and we are still queued; the token on success."""
+        request = etcdrpc.TxnRequest(
+            compare=[
+                etcdrpc.Compare(
+                    key=self._path,
+                    target=etcdrpc.Compare.CREATE,
+                    result=etcdrpc.Compare.EQUAL,
+                    create_revision=0,
+                ),
+                etcdrpc.Compare(
+                    key=self._queue_key,
+                    target=etcdrpc.Compare.CREATE,
+                    result=etcdrpc.Compare.EQUAL,
+                    create_revision=mine,
+                ),
+            ],
+            success=[
+                etcdrpc.RequestOp(
+                    request_put=etcdrpc.PutRequest(key=self._path, value=self.value, lease=lease.id)
+                )
+            ],
+        )
+        response = self.store._call(f"lock {self.key!r}", "Txn", request)
+        if not response.succeeded:
+            return None
+        return self._held_at(int(response.header.revision), lease)
+
+    def _abandon(self) -> None:
+        """Leave the queue after a timeout or an error, and drop the lock key too if a claim of
+        ours went through unseen (it then has our queue key's create revision, or a later one
+        with our lease while we head the queue)."""
+        store = self.store
+        state = self._read()
+        queue = state.responses[0].response_range.kvs
+        mine = next((kv.create_revision for kv in queue if kv.key == self._queue_key), 0)
+        if not mine:
+            return
+        holder = state.responses[1].response_range.kvs
+        ops = [
+            etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=self._queue_key))
+        ]
+        compare = []
+        if (
+            holder
+            and self._lease is not None
+            and holder[0].lease == self._lease.id
+            and holder[0].create_revision >= mine
+            and not any(kv.create_revision < mine for kv in queue)
+        ):
+            compare = [
+                etcdrpc.Compare(
+                    key=self._path,
+                    target=etcdrpc.Compare.CREATE,
+                    result=etcdrpc.Compare.EQUAL,
+                    create_revision=holder[0].create_revision,
+                )
+            ]
+            ops.append(
+                etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=self._path))
+            )
+        request = etcdrpc.TxnRequest(compare=compare, success=ops, failure=ops[:1])
+        store._call(f"unlock {self.key!r}", "Txn", request)
+
+    def _held_at(self, token: int, lease: _Lease) -> int:
+        with self.store._lease_lock:
+            lease.locks.add(self)
+        return token
+
+    def _lose(self, reason: str) -> None:
+        """Mark the lock lost, then let the next waiter in: the holder has been told."""
+        self._mark_lost(reason)
+        with contextlib.suppress(PyKVError):
+            self.store._call(
+                f"unlock {self.key!r}",
+                "DeleteRange",
+                etcdrpc.DeleteRangeRequest(key=self._queue_key),
+            )
+
+    def _release(self) -> None:
+        store = self.store
+        lease = self._lease
+        if lease is not None:
+            with store._lease_lock:
+                lease.locks.discard(self)
+        token = self.token or 0
+        request = etcdrpc.TxnRequest(
+            compare=[
+                etcdrpc.Compare(
+                    key=self._path,
+                    target=etcdrpc.Compare.CREATE,
+                    result=etcdrpc.Compare.EQUAL,
+                    create_revision=token,
+                )
+            ],
+            success=[
+                etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=self._path)),
+                etcdrpc.RequestOp(
+                    request_delete_range=etcdrpc.DeleteRangeRequest(key=self._queue_key)
+                ),
+            ],
+            failure=[
+                etcdrpc.RequestOp(
+                    request_delete_range=etcdrpc.DeleteRangeRequest(key=self._queue_key)
+                )
+            ],
+        )
+        store._call(f"unlock {self.key!r}", "Txn", request)

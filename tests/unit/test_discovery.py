@@ -1,0 +1,244 @@
+"""pykv.discovery on the embedded stores: layout, register/deregister, TTL, watch, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import pykv
+from pykv._cli_services import add_services_command, format_table, run_services
+from pykv.discovery import CatalogPublisher, Endpoint, Registry
+
+
+@pytest.fixture
+def store() -> Iterator[pykv.Store]:
+    with pykv.open_store(f"memory://disc-{uuid.uuid4().hex}") as s:
+        yield s
+
+
+def ep(service: str = "web", eid: str = "n1:web-1:80", **kw: object) -> Endpoint:
+    return Endpoint(service, eid, kw.pop("address", "10.0.0.5"), kw.pop("port", 8080), **kw)  # type: ignore[arg-type]
+
+
+def test_json_layout_is_the_documented_public_format(store: pykv.Store) -> None:
+    reg = Registry(store)
+    e = ep(tags=("a", "b"), metadata={"v": "2"}, node="n1", container_id="c1", container_name="w")
+    reg.register(e, ttl=30)
+    pair = store.get("services/web/n1:web-1:80")
+    assert json.loads(pair.value) == {
+        "service": "web",
+        "id": "n1:web-1:80",
+        "address": "10.0.0.5",
+        "port": 8080,
+        "protocol": "tcp",
+        "tags": ["a", "b"],
+        "metadata": {"v": "2"},
+        "node": "n1",
+        "container_id": "c1",
+        "container_name": "w",
+    }
+    assert list(json.loads(pair.value)) == [
+        "service", "id", "address", "port", "protocol", "tags", "metadata", "node",
+        "container_id", "container_name",
+    ]  # fmt: skip
+
+
+def test_round_trip_and_unknown_fields_ignored() -> None:
+    e = ep(protocol="udp", tags=("x",), metadata={"k": "v"}, address="::1")
+    assert Endpoint.from_json(e.to_json()) == e
+    data = e.to_dict() | {"future_field": [1, 2]}
+    assert Endpoint.from_json(json.dumps(data)) == e
+
+
+@pytest.mark.parametrize(
+    "text",
+    [b"not json", b"[]", b'{"service": "a"}', b'{"service":"a/b","id":"x","address":"h","port":1}'],
+)
+def test_from_json_rejects_broken_values(text: bytes) -> None:
+    with pytest.raises(ValueError, match="not an endpoint"):
+        Endpoint.from_json(text)
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", ".", "..", "a\nb"])
+def test_service_and_id_must_be_key_segments(bad: str) -> None:
+    with pytest.raises(pykv.InvalidKeyError):
+        ep(service=bad)
+    with pytest.raises(pykv.InvalidKeyError):
+        ep(eid=bad)
+
+
+def test_endpoint_validation() -> None:
+    with pytest.raises(ValueError, match="protocol"):
+        ep(protocol="sctp")
+    with pytest.raises(ValueError, match="range"):
+        ep(port=70000)
+    with pytest.raises(TypeError):
+        ep(port="80")
+
+
+def test_register_endpoints_services_deregister(store: pykv.Store) -> None:
+    reg = Registry(store, prefix="disc")
+    a1, a2, b1 = ep("a", "n:a1:1"), ep("a", "n:a2:1"), ep("b", "n:b1:1")
+    for e in (a2, b1, a1):
+        reg.register(e)
+    store.put("disc/a/garbage", b"not an endpoint")  # skipped, not an error
+    store.put("disc/ab/x", ep("ab", "x").to_json())  # a sibling service must not leak into "a"
+    assert reg.endpoints("a") == [a1, a2]
+    assert reg.services() == ["a", "ab", "b"]
+    assert reg.endpoints("missing") == []
+    reg.deregister(a1)
+    reg.deregister(("b", "n:b1:1"))
+    reg.deregister(("b", "n:b1:1"))  # missing: no-op
+    assert reg.endpoints("a") == [a2]
+    assert reg.endpoints("b") == []
+
+
+def test_empty_registry(store: pykv.Store) -> None:
+    reg = Registry(store)
+    assert reg.all_endpoints() == []
+    assert reg.services() == []
+
+
+def test_context_manager_deregisters_what_it_registered(store: pykv.Store) -> None:
+    other = ep("web", "other")
+    Registry(store).register(other, ttl=None)
+    with Registry(store) as reg:
+        reg.register(ep(), ttl=5)
+        assert len(reg.endpoints("web")) == 2
+    assert Registry(store).endpoints("web") == [other]
+
+
+def test_ttl_entries_vanish_when_the_writer_dies(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/d.db"
+    code = (
+        "import sys, pykv, time\n"
+        "from pykv.discovery import Endpoint, Registry\n"
+        f"s = pykv.open_store({url!r})\n"
+        "Registry(s).register(Endpoint('web', 'child', '127.0.0.1', 1), ttl=1)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+        with pykv.open_store(url) as s:
+            reg = Registry(s)
+            time.sleep(1.6)  # longer than the TTL: the child keeps it alive
+            assert [e.id for e in reg.endpoints("web")] == ["child"]
+            child.kill()
+            child.wait(5)
+            deadline = time.monotonic() + 1 + pykv.load_backend("sqlite").ttl_slack + 1.5
+            while reg.endpoints("web") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert reg.endpoints("web") == []
+    finally:
+        child.kill()
+        child.wait(5)
+
+
+def test_watch_yields_full_lists_on_change(store: pykv.Store) -> None:
+    reg = Registry(store)
+    with reg.watch("web") as w:
+        assert w.get(timeout=2) == []
+        reg.register(ep(eid="1"))
+        assert [e.id for e in w.get(timeout=2)] == ["1"]
+        reg.register(ep("other", "x"))  # another service: no event for "web"
+        reg.register(ep(eid="2"))
+        assert [e.id for e in w.get(timeout=2)] == ["1", "2"]
+        reg.register(ep(eid="2"))  # same data again: skipped
+        with pytest.raises(TimeoutError):
+            w.get(timeout=0.3)
+        reg.deregister(ep(eid="1"))
+        assert [e.id for e in w.get(timeout=2)] == ["2"]
+    assert w.closed
+
+
+def test_watch_all_services(store: pykv.Store) -> None:
+    reg = Registry(store)
+    with reg.watch() as w:
+        assert w.get(timeout=2) == []
+        reg.register(ep("a", "1"))
+        reg.register(ep("b", "1"))
+        seen = w.get(timeout=2)
+        if len(seen) == 1:
+            seen = w.get(timeout=2)
+        assert [(e.service, e.id) for e in seen] == [("a", "1"), ("b", "1")]
+
+
+def test_catalog_protocol_is_structural() -> None:
+    class Fake:
+        def catalog_register(self, endpoint, *, ttl, checks=(), deregister_critical_after=None):  # type: ignore[no-untyped-def]
+            pass
+
+        def catalog_deregister(self, endpoint_id):  # type: ignore[no-untyped-def]
+            pass
+
+        def catalog_pass_ttl(self, endpoint_id):  # type: ignore[no-untyped-def]
+            pass
+
+    assert isinstance(Fake(), CatalogPublisher)
+    with pykv.open_store("memory://x") as s:
+        assert not isinstance(s, CatalogPublisher)
+
+
+def test_services_command_table_and_json(
+    store: pykv.Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reg = Registry(store)
+    reg.register(ep("web", "n:w:80", tags=("a", "b"), node="n"))
+    reg.register(ep("db", "n:d:5432", port=5432, protocol="udp", node="n"))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--json", action="store_true")
+    add_services_command(parser.add_subparsers(dest="command"))
+
+    assert run_services(store, parser.parse_args(["services"])) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["SERVICE", "ID", "ADDRESS", "PORT", "PROTO", "NODE", "TAGS"]
+    assert lines[1].split() == ["db", "n:d:5432", "10.0.0.5", "5432", "udp", "n"]
+    assert lines[2].split() == ["web", "n:w:80", "10.0.0.5", "8080", "tcp", "n", "a,b"]
+
+    assert run_services(store, parser.parse_args(["services", "web", "--json"])) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [d["id"] for d in data] == ["n:w:80"]
+    assert run_services(store, parser.parse_args(["--json", "services", "db"])) == 0
+    assert [d["id"] for d in json.loads(capsys.readouterr().out)] == ["n:d:5432"]
+
+
+def test_format_table_empty() -> None:
+    assert format_table([]).split() == ["SERVICE", "ID", "ADDRESS", "PORT", "PROTO", "NODE", "TAGS"]
+
+
+_CLI = "import sys; from pykv._cli import main; main(sys.argv[1:])"
+
+
+def test_services_watch_command_through_pykv_cli(tmp_path: Path) -> None:
+    """`pykv services NAME --watch --json` in a subprocess sees registrations of another."""
+    url = f"sqlite:///{tmp_path}/w.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CLI, "--store", url, "services", "web", "--watch", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        if not first:
+            pytest.fail(f"pykv services failed: {proc.stderr.read() if proc.stderr else ''}")
+        assert json.loads(first) == []
+        with pykv.open_store(url) as s:
+            Registry(s).register(ep(eid="n:w:1"), ttl=None)
+            assert [d["id"] for d in json.loads(proc.stdout.readline())] == ["n:w:1"]
+    finally:
+        proc.terminate()
+        proc.wait(5)
+    assert proc.returncode == 0
