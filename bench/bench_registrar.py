@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import docker
+
 import pykv
 
 IMAGE = os.environ.get("PYKV_BUSYBOX_IMAGE", "pykv-busybox:1")
@@ -80,7 +81,7 @@ def main() -> int:
     url = args.store or f"sqlite:///{tmp}/registry.db"
     tag = uuid.uuid4().hex[:6]
     node, prefix = f"bench-{tag}", f"bench-{tag}"
-    client = docker.from_env(timeout=60)  # type: ignore[attr-defined]
+    client = docker.from_env(timeout=60)
     api = client.api
     created: list[str] = []
 

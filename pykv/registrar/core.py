@@ -34,11 +34,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import docker
 import docker.errors
 import requests
 import tenacity
-
-import docker
 
 from .._errors import KeyNotFoundError, OperationTimeoutError, PyKVError, UnavailableError
 from .._store import Store
@@ -154,10 +153,8 @@ class Registrar:
 
     def _default_factory(self) -> Any:
         if self.settings.docker_host:
-            return docker.DockerClient(  # type: ignore[attr-defined]
-                base_url=self.settings.docker_host, timeout=10
-            )
-        return docker.from_env(timeout=10)  # type: ignore[attr-defined]
+            return docker.DockerClient(base_url=self.settings.docker_host, timeout=10)
+        return docker.from_env(timeout=10)
 
     def start(self) -> None:
         """Start the threads and return at once."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
 from pathlib import Path
@@ -42,15 +41,6 @@ def test_file_that_is_not_a_database(tmp_path: Path) -> None:
         pykv.open_store(f"sqlite:///{path}")
     assert "garbage.db" in str(info.value)
     assert path.read_bytes() == b"this is not sqlite" * 100
-
-
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file; see the directory test")
-def test_unreadable_file(tmp_path: Path) -> None:
-    path = tmp_path / "secret.db"
-    path.write_bytes(b"")
-    path.chmod(0)
-    with pytest.raises(pykv.UnavailableError, match=r"secret\.db"):
-        pykv.open_store(f"sqlite:///{path}")
 
 
 def test_path_is_a_directory(tmp_path: Path) -> None:

@@ -1,0 +1,13 @@
+"""The whole pykv contract against a real single-server Consul (fixture: consul_url)."""
+
+import pytest
+
+from pykv.testing import ConformanceTests
+
+pytestmark = [pytest.mark.integration, pytest.mark.consul]
+
+
+class TestConsulStore(ConformanceTests):
+    @pytest.fixture
+    def store_url(self, consul_url: str) -> str:
+        return consul_url

@@ -1,0 +1,134 @@
+"""The Consul store over HTTPS with client certificates, against a Consul agent this module
+starts (certificates made with openssl; HTTPS on 127.0.0.1:22701, plain HTTP off)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import pykv
+
+pytestmark = [pytest.mark.integration, pytest.mark.consul]
+
+PORT = 22701
+CONSUL = shutil.which("consul") or "/usr/local/bin/consul"
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def _make_certs(d: Path) -> None:
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=pykv-ca",
+             "-keyout", "ca.key", "-out", "ca.pem", cwd=d)  # fmt: skip
+    (d / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name in ("server", "client", "other"):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+                 "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)  # fmt: skip
+        signer = ["-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial"]
+        if name == "other":  # self-signed: from a CA the agent does not trust
+            signer = ["-signkey", f"{name}.key"]
+        _openssl("x509", "-req", "-in", f"{name}.csr", *signer, "-days", "2",
+                 "-extfile", "san.cnf", "-out", f"{name}.pem", cwd=d)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tls_consul(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    if shutil.which("openssl") is None or not Path(CONSUL).exists():
+        pytest.fail("this test needs openssl and consul (scripts/provision.sh installs consul)")
+    d = tmp_path_factory.mktemp("consul-tls")
+    _make_certs(d)
+    (d / "config.hcl").write_text(
+        f"""
+session_ttl_min = "1s"
+bind_addr = "127.0.0.1"
+client_addr = "127.0.0.1"
+ports {{
+  http = -1
+  https = {PORT}
+  dns = -1
+  grpc = -1
+  serf_lan = {PORT + 1}
+  serf_wan = {PORT + 2}
+  server = {PORT + 3}
+}}
+ca_file = "{d / "ca.pem"}"
+cert_file = "{d / "server.pem"}"
+key_file = "{d / "server.key"}"
+verify_incoming = true
+"""
+    )
+    log = (d / "consul.log").open("w")
+    proc = subprocess.Popen(
+        [CONSUL, "agent", "-dev", "-node", "pykv-tls", "-config-file", str(d / "config.hcl")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with pykv.open_store(
+                    f"consul+tls://127.0.0.1:{PORT}",
+                    ca=str(d / "ca.pem"),
+                    cert=str(d / "client.pem"),
+                    key=str(d / "client.key"),
+                    timeout=2,
+                ) as probe:
+                    probe.put("probe", b"1")
+                break
+            except pykv.UnavailableError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError((d / "consul.log").read_text()[-3000:]) from None
+                time.sleep(0.2)
+        yield d
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+
+
+def test_tls_with_client_certificate(tls_consul: Path) -> None:
+    d = tls_consul
+    prefix = f"pykv-test/{uuid.uuid4().hex[:12]}"
+    url = (
+        f"consul+tls://127.0.0.1:{PORT}/{prefix}"
+        f"?ca={d / 'ca.pem'}&cert={d / 'client.pem'}&key={d / 'client.key'}"
+    )
+    with pykv.open_store(url, timeout=5) as store:
+        store.put("k", b"v", ttl=2)
+        assert store.get("k").value == b"v"
+        with store.watch("k") as watch:
+            assert watch.get(timeout=5) is not None
+            store.put("k", b"w")
+            assert watch.get(timeout=5) == store.get("k")
+        with store.lock("l", ttl=2) as lock:
+            assert lock.held
+        store.delete_tree("")
+
+
+def test_tls_failures_are_unavailable_errors(tls_consul: Path) -> None:
+    d = tls_consul
+    base = f"consul+tls://127.0.0.1:{PORT}"
+    cases = [
+        {"ca": str(d / "ca.pem")},  # no client certificate
+        {"ca": str(d / "ca.pem"), "cert": str(d / "other.pem"), "key": str(d / "other.key")},
+        {"cert": str(d / "client.pem"), "key": str(d / "client.key")},  # server not trusted
+    ]
+    for options in cases:
+        with pykv.open_store(base, timeout=3, **options) as store:
+            with pytest.raises(pykv.UnavailableError) as info:
+                store.get("k")
+            assert f"127.0.0.1:{PORT}" in str(info.value)
+    with pytest.raises(pykv.ConfigurationError):
+        pykv.open_store(base, key=str(d / "client.key"))

@@ -1,0 +1,698 @@
+"""pykv-registrar against the real Docker engine, publishing into a pykv store.
+
+Every test runs the registrar as a subprocess (``python -m pykv.registrar``) with its own node
+name and key prefix, on a store shared with the test: a sqlite file, and for the tests marked
+``@on_every_store`` also the Consul, etcd and ZooKeeper servers of the harness. It drives
+locally built busybox containers with the docker CLI. Containers (and networks) carry the
+label ``pykv.test=1`` and the harness's session label and are removed at the end; ports are
+published on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pykv
+from pykv.discovery import Endpoint, Registry
+
+pytestmark = [pytest.mark.integration, pytest.mark.docker]
+
+TTL = 2.0
+
+on_every_store = pytest.mark.parametrize(
+    "store_kind",
+    [
+        "sqlite",
+        pytest.param("consul", marks=pytest.mark.consul),
+        pytest.param("etcd", marks=pytest.mark.etcd),
+        pytest.param("zookeeper", marks=pytest.mark.zookeeper),
+    ],
+    indirect=True,
+)
+
+
+# -- fixtures -------------------------------------------------------------------------------
+
+
+def _docker(*args: str, check: bool = True, timeout: float = 60) -> str:
+    proc = subprocess.run(
+        ["docker", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"docker {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout.strip()
+
+
+class Containers:
+    """Creates labelled containers with names unique to the test; removes them at the end."""
+
+    def __init__(self, image: str, tag: str, labels: dict[str, str]) -> None:
+        self.image = image
+        self.tag = tag
+        self.labels = [
+            x for k, v in {"pykv.test": "1", **labels}.items() for x in ("--label", f"{k}={v}")
+        ]
+        self.names: list[str] = []
+        self.networks: list[str] = []
+
+    def name(self, short: str) -> str:
+        return f"pt-{self.tag}-{short}"
+
+    def run(self, short: str, *args: str, cmd: tuple[str, ...] | None = None) -> str:
+        name = self.name(short)
+        self.names.append(name)
+        command = cmd or ("httpd", "-f", "-p", "80", "-h", "/www")
+        _docker("run", "-d", *self.labels, "--name", name, *args, self.image, *command)
+        return name
+
+    def network(self, short: str) -> str:
+        name = self.name(short)
+        _docker("network", "create", *self.labels, name)
+        self.networks.append(name)
+        return name
+
+    def inspect(self, name: str) -> dict[str, Any]:
+        return json.loads(_docker("inspect", name))[0]  # type: ignore[no-any-return]
+
+    def host_port(self, name: str, spec: str) -> int:
+        bindings = self.inspect(name)["NetworkSettings"]["Ports"][spec]
+        return int(bindings[0]["HostPort"])
+
+    def cleanup(self) -> None:
+        for name in self.names:
+            _docker("rm", "-f", "-v", name, check=False)
+        for net in self.networks:
+            _docker("network", "rm", net, check=False)
+
+
+@pytest.fixture
+def containers(busybox_image: str, docker_labels: dict[str, str]) -> Iterator[Containers]:
+    c = Containers(busybox_image, uuid.uuid4().hex[:8], docker_labels)
+    try:
+        yield c
+    finally:
+        c.cleanup()
+
+
+def free_port() -> int:
+    for _ in range(50):
+        port = 20000 + int.from_bytes(os.urandom(2), "big") % 10000
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port")
+
+
+class RegistrarProc:
+    """``python -m pykv.registrar`` as a subprocess with its own node name and prefix."""
+
+    def __init__(self, tmp: Path, store_url: str, node: str, prefix: str) -> None:
+        self.tmp = tmp
+        self.store_url = store_url
+        self.node = node
+        self.prefix = prefix
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.runs = 0
+        self.log = tmp / "registrar-0.log"
+
+    def start(self, *flags: str, env: dict[str, str] | None = None, wait: bool = True) -> None:
+        self.port = free_port()
+        self.runs += 1
+        self.log = self.tmp / f"registrar-{self.runs}.log"
+        args = [
+            sys.executable, "-m", "pykv.registrar",
+            "--store", self.store_url, "--node", self.node, "--prefix", self.prefix,
+            "--metrics-addr", f"127.0.0.1:{self.port}", "--log-format", "json",
+            "--log-level", "DEBUG", *flags,
+        ]  # fmt: skip
+        full_env = {**os.environ, **(env or {})}
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=full_env)
+        if wait:
+            wait_for(lambda: self.healthz().get("ok") is True, 20, "registrar ready", self)
+
+    def healthz(self) -> dict[str, Any]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as r:
+                return json.loads(r.read())  # type: ignore[no-any-return]
+        except urllib.error.HTTPError as exc:
+            return json.loads(exc.read())  # type: ignore[no-any-return]
+        except OSError:
+            return {}
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:
+            return r.read().decode()  # type: ignore[no-any-return]
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int, wait: float = 15) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(wait)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def logs(self) -> str:
+        return "\n".join(
+            p.read_text(errors="replace") for p in sorted(self.tmp.glob("registrar-*.log"))
+        )
+
+
+def wait_for(
+    predicate: Callable[[], object], timeout: float, what: str, reg: RegistrarProc | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    tail = "\n".join(reg.logs().splitlines()[-40:]) if reg else ""
+    pytest.fail(f"timed out after {timeout} s waiting for {what}\n{tail}")
+
+
+class World:
+    def __init__(
+        self, reg: RegistrarProc, registry: Registry, containers: Containers, slack: float
+    ) -> None:
+        self.reg = reg
+        self.registry = registry
+        self.c = containers
+        #: the store's TTL slack (plus a margin for this loaded two-core machine)
+        self.slack = slack + 1.0
+
+    @property
+    def node(self) -> str:
+        return self.reg.node
+
+    def mine(self) -> list[Endpoint]:
+        """Endpoints of this test's containers."""
+        prefix = f"pt-{self.c.tag}-"
+        return [e for e in self.registry.all_endpoints() if e.container_name.startswith(prefix)]
+
+    def of(self, name: str) -> list[Endpoint]:
+        return [e for e in self.mine() if e.container_name == name]
+
+    def wait_published(self, name: str, count: int = 1, timeout: float = 10) -> list[Endpoint]:
+        wait_for(lambda: len(self.of(name)) == count, timeout, f"{count} endpoint(s) of {name}",
+                 self.reg)  # fmt: skip
+        return self.of(name)
+
+    def wait_gone(self, name: str, timeout: float = 10) -> None:
+        wait_for(lambda: not self.of(name), timeout, f"{name} withdrawn", self.reg)
+
+
+@pytest.fixture
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def world(
+    request: pytest.FixtureRequest, store_kind: str, tmp_path: Path, containers: Containers
+) -> Iterator[World]:
+    if store_kind == "sqlite":
+        url = f"sqlite:///{tmp_path}/registry.db"
+    else:
+        url = str(request.getfixturevalue(f"{store_kind}_url"))
+    reg = RegistrarProc(tmp_path, url, f"node-{containers.tag}", f"svc-{containers.tag}")
+    store = pykv.open_store(url)
+    try:
+        yield World(reg, Registry(store, reg.prefix), containers, type(store).ttl_slack)
+    finally:
+        reg.stop()
+        store.close()
+
+
+# -- the service model --------------------------------------------------------------------
+
+
+@on_every_store
+def test_names_ids_tags_metadata_and_published_port(world: World) -> None:
+    world.reg.start("--ttl", str(TTL), "--tags", "global")
+    name = world.c.run(
+        "web", "-p", "127.0.0.1::80",
+        "-e", "SERVICE_TAGS=a,b", "-e", "SERVICE_VERSION=3", "-e", "SECRET_TOKEN=s3cr3t-v4lue",
+    )  # fmt: skip
+    [e] = world.wait_published(name)
+    info = world.c.inspect(name)
+    assert e.service == "pykv-busybox"  # the image's base name
+    assert e.id == f"{world.node}:{name}:80"
+    assert (e.address, e.port, e.protocol) == (
+        "127.0.0.1",
+        world.c.host_port(name, "80/tcp"),
+        "tcp",
+    )
+    assert e.tags == ("a", "b", "global")
+    assert e.metadata == {"version": "3"}
+    assert (e.node, e.container_id, e.container_name) == (world.node, info["Id"], name)
+    raw = world.registry.store.get(f"{world.reg.prefix}/pykv-busybox/{e.id}").value
+    assert json.loads(raw)["container_id"] == info["Id"]
+    assert "s3cr3t-v4lue" not in world.reg.logs()  # never logs other env values
+    assert 'pykv_registrar_events_total{action="start"}' in world.reg.metrics()
+
+
+def test_ipv6_host_binding(world: World) -> None:
+    world.reg.start("--ttl", str(TTL))
+    name = world.c.run("v6", "-p", "[::1]::80")
+    [e] = world.wait_published(name)
+    assert (e.address, e.port) == ("::1", world.c.host_port(name, "80/tcp"))
+
+
+def test_several_ports_udp_and_port_specific_names(world: World) -> None:
+    world.reg.start("--ttl", str(TTL))
+    name = world.c.run(
+        "multi", "-p", "127.0.0.1::80", "-p", "127.0.0.1::53/udp", "-p", "127.0.0.1::53",
+        "-e", "SERVICE_NAME=app", "-e", "SERVICE_53_NAME=dns",
+    )  # fmt: skip
+    eps = world.wait_published(name, count=3)
+    got = sorted((e.service, e.id, e.protocol, e.port) for e in eps)
+    assert got == sorted(
+        [
+            ("app-80", f"{world.node}:{name}:80", "tcp", world.c.host_port(name, "80/tcp")),
+            ("dns", f"{world.node}:{name}:53", "tcp", world.c.host_port(name, "53/tcp")),
+            ("dns", f"{world.node}:{name}:53:udp", "udp", world.c.host_port(name, "53/udp")),
+        ]
+    )
+    assert [e.id for e in world.registry.endpoints("dns") if e.container_name == name] == [
+        f"{world.node}:{name}:53",
+        f"{world.node}:{name}:53:udp",
+    ]
+
+
+def test_unpublished_container_gets_nothing_without_internal(world: World) -> None:
+    world.reg.start("--ttl", str(TTL))
+    hidden = world.c.run("hidden", "--expose", "9000")
+    shown = world.c.run("shown", "-p", "127.0.0.1::80")
+    world.wait_published(shown)
+    time.sleep(1)
+    assert world.of(hidden) == []
+
+
+def test_ignore_is_boolean_and_labels_win_over_env(world: World) -> None:
+    world.reg.start("--ttl", str(TTL))
+    ignored = world.c.run("ign", "-p", "127.0.0.1::80", "-e", "SERVICE_IGNORE=true")
+    not_ignored = world.c.run("noign", "-p", "127.0.0.1::80", "-e", "SERVICE_IGNORE=false")
+    relabelled = world.c.run(
+        "lbl", "-p", "127.0.0.1::80",
+        "-e", "SERVICE_IGNORE=true", "--label", "SERVICE_IGNORE=false",
+        "-e", "SERVICE_NAME=from-env", "--label", "SERVICE_NAME=from-label",
+    )  # fmt: skip
+    world.wait_published(not_ignored)
+    [e] = world.wait_published(relabelled)
+    assert e.service == "from-label"
+    time.sleep(1)
+    assert world.of(ignored) == []
+
+
+def test_explicit_publishes_only_named_services(world: World) -> None:
+    world.reg.start("--ttl", str(TTL), "--explicit")
+    anonymous = world.c.run("anon", "-p", "127.0.0.1::80")
+    named = world.c.run("named", "-p", "127.0.0.1::80", "--label", "SERVICE_NAME=explicit-svc")
+    [e] = world.wait_published(named)
+    assert e.service == "explicit-svc"
+    time.sleep(1)
+    assert world.of(anonymous) == []
+
+
+def test_internal_publishes_container_ip_on_a_chosen_network(world: World) -> None:
+    net = world.c.network("net")
+    world.reg.start("--ttl", str(TTL), "--internal", "--network", net)
+    name = world.c.run("int", "--network", net, "--expose", "9000", "-p", "127.0.0.1::80")
+    eps = world.wait_published(name, count=2)
+    ip = world.c.inspect(name)["NetworkSettings"]["Networks"][net]["IPAddress"]
+    assert sorted((e.address, e.port) for e in eps) == [(ip, 80), (ip, 9000)]
+    assert {e.service for e in eps} == {"pykv-busybox-80", "pykv-busybox-9000"}
+
+
+def test_internal_default_network_is_the_first_by_name(world: World) -> None:
+    world.reg.start("--ttl", str(TTL), "--internal")
+    net = world.c.network("znet")  # sorts after "bridge"
+    name = world.c.run("int2", "--expose", "7000")
+    _docker("network", "connect", net, name)
+    [e] = world.wait_published(name)
+    nets = world.c.inspect(name)["NetworkSettings"]["Networks"]
+    assert e.address == nets["bridge"]["IPAddress"]
+    assert e.port == 7000
+
+
+# -- events -------------------------------------------------------------------------------
+
+
+def test_health_check_gates_publication(world: World) -> None:
+    world.reg.start("--ttl", str(TTL))
+    name = world.c.run(
+        "health", "-p", "127.0.0.1::80",
+        "--health-cmd", "test -f /tmp/ok", "--health-interval", "1s",
+        "--health-retries", "1", "--health-timeout", "1s",
+    )  # fmt: skip
+    time.sleep(2.5)  # several failed probes: still "starting"/"unhealthy"
+    assert world.of(name) == []
+    _docker("exec", name, "touch", "/tmp/ok")
+    world.wait_published(name, timeout=15)
+    _docker("exec", name, "rm", "/tmp/ok")
+    world.wait_gone(name, timeout=15)
+    _docker("exec", name, "touch", "/tmp/ok")
+    world.wait_published(name, timeout=15)
+
+
+@on_every_store
+def test_pause_withdraws_and_unpause_republishes(world: World) -> None:
+    world.reg.start("--ttl", str(TTL))
+    name = world.c.run("pause", "-p", "127.0.0.1::80")
+    [before] = world.wait_published(name)
+    _docker("pause", name)
+    world.wait_gone(name)
+    time.sleep(TTL + world.slack)  # the registrar must not re-publish a paused container
+    assert world.of(name) == []
+    _docker("unpause", name)
+    assert world.wait_published(name) == [before]
+
+
+def test_rapid_events_of_one_container_end_in_its_final_state(world: World) -> None:
+    world.reg.start("--ttl", str(TTL))
+    name = world.c.run("rapid", "-p", "127.0.0.1::80")
+    world.wait_published(name)
+    for _ in range(5):
+        _docker("pause", name)
+        _docker("unpause", name)
+    _docker("pause", name)
+    world.wait_gone(name)
+    time.sleep(1)
+    assert world.of(name) == []  # no late, out-of-order republication
+    _docker("unpause", name)
+    world.wait_published(name)
+    time.sleep(1)
+    assert len(world.of(name)) == 1
+
+
+@on_every_store
+def test_rename_republishes_under_the_new_id(world: World) -> None:
+    world.reg.start("--ttl", str(TTL))
+    name = world.c.run("old", "-p", "127.0.0.1::80")
+    world.wait_published(name)
+    new = world.c.name("new")
+    world.c.names.append(new)
+    _docker("rename", name, new)
+    [e] = world.wait_published(new)
+    assert e.id == f"{world.node}:{new}:80"
+    wait_for(lambda: not world.of(name), 5, "old id withdrawn")
+    assert [x.id for x in world.mine()] == [e.id]
+
+
+_TRAPPING = ("sh", "-c", 'httpd -p 80 -h /www; trap "exit 0" TERM; while :; do sleep 0.1; done')
+
+
+@pytest.mark.parametrize("mode", ["always", "on-success"])
+def test_deregister_modes(world: World, mode: str) -> None:
+    world.reg.start("--ttl", str(TTL), "--deregister", mode)
+    clean = world.c.run("clean", "-p", "127.0.0.1::80", cmd=_TRAPPING)
+    failed = world.c.run("failed", "-p", "127.0.0.1::80", cmd=_TRAPPING)
+    world.wait_published(clean)
+    [failed_ep] = world.wait_published(failed)
+    _docker("stop", "-t", "5", clean)
+    _docker("kill", failed)  # SIGKILL: exit code 137
+    assert world.c.inspect(clean)["State"]["ExitCode"] == 0
+    assert world.c.inspect(failed)["State"]["ExitCode"] == 137
+    world.wait_gone(clean)
+    if mode == "always":
+        world.wait_gone(failed)
+    else:
+        time.sleep(TTL + world.slack)  # kept alive, not just not yet expired
+        assert world.of(failed) == [failed_ep]
+        _docker("rm", failed)  # destroy always withdraws
+        world.wait_gone(failed)
+
+
+def test_stop_then_start_and_destroy(world: World) -> None:
+    world.reg.start("--ttl", str(TTL))
+    name = world.c.run("cycle", "-p", "127.0.0.1::80")
+    world.wait_published(name)
+    _docker("stop", "-t", "1", name)
+    world.wait_gone(name)
+    _docker("start", name)
+    [e] = world.wait_published(name)
+    assert e.port == world.c.host_port(name, "80/tcp")
+    _docker("rm", "-f", name)
+    world.wait_gone(name)
+
+
+# -- reconciliation, TTL, restarts ----------------------------------------------------------
+
+
+def test_containers_running_before_start_are_published(world: World) -> None:
+    names = [world.c.run(f"pre{i}", "-p", "127.0.0.1::80") for i in range(3)]
+    world.reg.start("--ttl", str(TTL))
+    for name in names:
+        world.wait_published(name)
+
+
+@on_every_store
+def test_sigkill_entries_vanish_within_ttl_and_restart_republishes(world: World) -> None:
+    a = world.c.run("a", "-p", "127.0.0.1::80")
+    b = world.c.run("b", "-p", "127.0.0.1::80", "-p", "127.0.0.1::53/udp")
+    doomed = world.c.run("doomed", "-p", "127.0.0.1::80")
+    world.reg.start("--ttl", str(TTL))
+    for name, count in ((a, 1), (b, 2), (doomed, 1)):
+        world.wait_published(name, count)
+    time.sleep(TTL + world.slack)  # kept alive while the registrar runs
+    assert len(world.mine()) == 4
+
+    world.reg.signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    wait_for(lambda: not world.mine(), TTL + world.slack, "entries of a killed registrar")
+    assert time.monotonic() - killed_at <= TTL + world.slack
+
+    # While it is away: one container dies, one is born.
+    _docker("rm", "-f", doomed)
+    born = world.c.run("born", "-p", "127.0.0.1::80")
+    world.reg.start("--ttl", str(TTL))
+    for name, count in ((a, 1), (b, 2), (born, 1)):
+        world.wait_published(name, count)
+    time.sleep(TTL + world.slack)
+    ids = [e.id for e in world.mine()]
+    assert len(ids) == len(set(ids)) == 4
+    assert world.of(doomed) == []
+
+
+def test_quick_restart_reowns_entries_and_drops_dead_ones(world: World) -> None:
+    """Restarted before the TTL ran out: the old process's entries are taken over (they
+    outlive the old TTL) and a container removed meanwhile is gone by the TTL."""
+    keep = world.c.run("keep", "-p", "127.0.0.1::80")
+    doomed = world.c.run("doomed", "-p", "127.0.0.1::80")
+    world.reg.start("--ttl", str(TTL))
+    world.wait_published(keep)
+    world.wait_published(doomed)
+    world.reg.signal(signal.SIGKILL)
+    _docker("rm", "-f", doomed)
+    world.reg.start("--ttl", str(TTL))
+    time.sleep(TTL + world.slack)
+    assert [e.container_name for e in world.mine()] == [keep]
+
+
+def test_cleanup_removes_ghosts_of_persistent_entries(world: World) -> None:
+    keep = world.c.run("keep", "-p", "127.0.0.1::80")
+    ghost = world.c.run("ghost", "-p", "127.0.0.1::80")
+    world.reg.start("--ttl", "0")  # persistent entries: registrator's old behaviour
+    world.wait_published(keep)
+    world.wait_published(ghost)
+    world.reg.signal(signal.SIGKILL)
+    _docker("rm", "-f", ghost)
+    time.sleep(TTL)
+    assert world.of(ghost)  # persistent: the dead container's entry stays...
+    world.reg.start("--ttl", "0")
+    time.sleep(1)
+    assert world.of(ghost)  # ... also after a restart without --cleanup
+    world.reg.signal(signal.SIGTERM)
+    world.reg.start("--ttl", "0", "--cleanup")
+    world.wait_gone(ghost, timeout=5)  # --cleanup: gone at once
+    assert [e.container_name for e in world.mine()] == [keep]
+
+
+@on_every_store
+def test_sigterm_leaves_entries_to_the_ttl_unless_deregister_on_exit(world: World) -> None:
+    name = world.c.run("term", "-p", "127.0.0.1::80")
+    world.reg.start("--ttl", str(TTL))
+    world.wait_published(name)
+    assert world.reg.signal(signal.SIGTERM) == 0
+    assert world.of(name)  # still there: a sidecar restart does not flap services
+    wait_for(lambda: not world.of(name), TTL + world.slack, "expiry after SIGTERM")
+
+    world.reg.start("--ttl", str(TTL), "--deregister-on-exit")
+    world.wait_published(name)
+    assert world.reg.signal(signal.SIGTERM) == 0
+    assert world.of(name) == []  # withdrawn before exiting
+    assert '"message": "stopped"' in world.reg.logs()
+
+
+def test_periodic_resync_repairs_the_store(world: World) -> None:
+    name = world.c.run("resync", "-p", "127.0.0.1::80")
+    world.reg.start("--ttl", str(TTL), "--resync", "1s")
+    [e] = world.wait_published(name)
+    world.registry.store.delete(e.key(world.reg.prefix))  # someone deletes it behind our back
+    assert world.of(name) == []
+    assert world.wait_published(name, timeout=5) == [e]
+
+
+def test_store_unavailable_is_retried_and_caught_up(world: World, tmp_path: Path) -> None:
+    import sqlite3
+
+    url = f"{world.reg.store_url}?timeout=0.5"
+    world.reg.store_url = url
+    stays = world.c.run("stays", "-p", "127.0.0.1::80")
+    goes = world.c.run("goes", "-p", "127.0.0.1::80")
+    world.reg.start("--ttl", str(TTL))
+    world.wait_published(stays)
+    world.wait_published(goes)
+    # Hold the database's write lock: every write of the registrar times out.
+    blocker = sqlite3.connect(tmp_path / "registry.db", timeout=5, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        new = world.c.run("new", "-p", "127.0.0.1::80")
+        _docker("rm", "-f", goes)
+        wait_for(lambda: world.reg.healthz().get("ok") is False, 10, "unhealthy store")
+        assert "store" in world.reg.healthz()["store"] or world.reg.healthz()["store"] != "ok"
+        time.sleep(TTL + 1)  # longer than the TTL: the keep-alive could not run either
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    world.wait_published(new, timeout=15)
+    world.wait_published(stays, timeout=5)
+    world.wait_gone(goes, timeout=5)
+    wait_for(lambda: world.reg.healthz().get("ok") is True, 10, "healthy again")
+    assert world.reg.alive()
+    assert 'pykv_registrar_errors_total{kind="store"}' in world.reg.metrics()
+
+
+# -- the Docker engine going away -------------------------------------------------------------
+
+_PROXY = r"""
+import os, socket, sys, threading
+listen, target = sys.argv[1], sys.argv[2]
+if os.path.exists(listen):
+    os.unlink(listen)
+server = socket.socket(socket.AF_UNIX)
+server.bind(listen)
+server.listen(64)
+print("ready", flush=True)
+def pump(a, b):
+    try:
+        while True:
+            data = a.recv(65536)
+            if not data:
+                break
+            b.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+while True:
+    client, _ = server.accept()
+    upstream = socket.socket(socket.AF_UNIX)
+    upstream.connect(target)
+    threading.Thread(target=pump, args=(client, upstream), daemon=True).start()
+    threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+"""
+
+
+class SocketProxy:
+    """A unix-socket proxy to the real engine that the test can kill: a broken connection."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _PROXY, str(self.path), "/var/run/docker.sock"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+@on_every_store
+def test_engine_connection_loss_reconnects_resumes_and_reconciles(
+    world: World, tmp_path: Path
+) -> None:
+    proxy = SocketProxy(tmp_path / "docker.sock")
+    proxy.start()
+    try:
+        survivor = world.c.run("survivor", "-p", "127.0.0.1::80")
+        world.reg.start("--ttl", str(TTL), env={"DOCKER_HOST": f"unix://{proxy.path}"})
+        victim = world.c.run("victim", "-p", "127.0.0.1::80")  # an event before the break
+        world.wait_published(survivor)
+        world.wait_published(victim)
+
+        proxy.kill()  # the event stream breaks, and the engine is unreachable
+        wait_for(lambda: world.reg.healthz().get("docker") == "disconnected", 10, "disconnect")
+        # Meanwhile (events the registrar cannot see): one dies, one is born, one is paused.
+        _docker("rm", "-f", victim)
+        born = world.c.run("born", "-p", "127.0.0.1::80")
+        time.sleep(TTL + world.slack)
+        assert world.reg.alive()  # it keeps running, and keeps its entries alive
+        assert world.of(survivor)
+
+        proxy.start()
+        world.wait_published(born, timeout=20)
+        world.wait_gone(victim, timeout=5)
+        assert world.of(survivor)
+        wait_for(lambda: world.reg.healthz().get("ok") is True, 10, "healthy again")
+        # Events after the reconnection are followed as before.
+        _docker("pause", born)
+        world.wait_gone(born)
+        logs = world.reg.logs()
+        assert "Docker event stream" in logs or "Docker unreachable" in logs
+        assert "since 1" in logs  # resumed from the last event's time
+    finally:
+        proxy.kill()
+
+
+# -- load -------------------------------------------------------------------------------------
+
+
+def test_many_containers_started_together_are_published(world: World) -> None:
+    world.reg.start("--ttl", str(TTL))
+    names = [world.c.name(f"m{i}") for i in range(30)]
+    world.c.names.extend(names)
+    for name in names:
+        _docker("create", "--label", "pykv.test=1", "--name", name, "-p", "127.0.0.1::80",
+                world.c.image, "httpd", "-f", "-p", "80", "-h", "/www")  # fmt: skip
+    _docker("start", *names, timeout=120)
+    last_start = time.monotonic()
+    wait_for(lambda: len(world.mine()) == len(names), 10, "all published")
+    assert time.monotonic() - last_start < 10

@@ -1,0 +1,118 @@
+"""The sidecar image: built here on a locally made base image, run with the Docker socket.
+
+Builds ``pykv-registrar:test`` with docker/build-registrar-image.sh (the base image
+``pykv-python-base:1`` is made once per machine by docker/build-python-base.sh, about a minute;
+the registrar image itself takes about half a minute), then runs it as a container that
+publishes another container into a sqlite file on a mounted volume, read from the host.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import pykv
+from pykv.discovery import Endpoint, Registry
+
+pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE = "pykv-registrar:test"
+
+
+def _docker(
+    *args: str, check: bool = True, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        ["docker", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"docker {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def registrar_image(busybox_image: str) -> str:
+    started = time.monotonic()
+    proc = subprocess.run(
+        ["bash", str(ROOT / "docker/build-registrar-image.sh"), IMAGE],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    print(f"registrar image built in {time.monotonic() - started:.1f} s")
+    return IMAGE
+
+
+@pytest.fixture
+def names() -> Iterator[list[str]]:
+    created: list[str] = []
+    yield created
+    for name in created:
+        _docker("rm", "-f", "-v", name, check=False)
+
+
+def test_sidecar_container_publishes_other_containers(
+    registrar_image: str,
+    busybox_image: str,
+    docker_labels: dict[str, str],
+    names: list[str],
+    tmp_path: Path,
+) -> None:
+    labels = [
+        x for k, v in {"pykv.test": "1", **docker_labels}.items() for x in ("--label", f"{k}={v}")
+    ]
+    tag = uuid.uuid4().hex[:8]
+    node, prefix = f"img-{tag}", f"img-{tag}"
+    data = tmp_path / "data"
+    data.mkdir()
+    sidecar = f"pt-{tag}-registrar"
+    names.append(sidecar)
+    _docker(
+        "run", "-d", "--name", sidecar, *labels,
+        "-v", "/var/run/docker.sock:/var/run/docker.sock:ro", "-v", f"{data}:/data",
+        registrar_image, "--node", node, "--prefix", prefix, "--ttl", "3",
+        "--metrics-addr", "127.0.0.1:9105",
+    )  # fmt: skip
+    web = f"pt-{tag}-web"
+    names.append(web)
+    _docker(
+        "run", "-d", "--name", web, *labels, "-p", "127.0.0.1::80", "-e", "SERVICE_NAME=imgweb",
+        busybox_image, "httpd", "-f", "-p", "80", "-h", "/www",
+    )  # fmt: skip
+    info = json.loads(_docker("inspect", web).stdout)[0]
+    host_port = int(info["NetworkSettings"]["Ports"]["80/tcp"][0]["HostPort"])
+
+    db = data / "pykv.db"
+    deadline = time.monotonic() + 30
+    found: list[Endpoint] = []
+    while time.monotonic() < deadline and not found:
+        if db.exists():
+            with pykv.open_store(f"sqlite:///{db}") as store:
+                found = [e for e in Registry(store, prefix).endpoints("imgweb") if e.node == node]
+        if not found:
+            time.sleep(0.2)
+    logs = _docker("logs", sidecar, check=False)
+    assert found, f"not published; sidecar logs:\n{logs.stdout[-3000:]}{logs.stderr[-3000:]}"
+    [e] = found
+    assert (e.id, e.address, e.port) == (f"{node}:{web}:80", "127.0.0.1", host_port)
+    assert e.container_id == info["Id"]
+    # JSON log lines, one object each.
+    first = (logs.stdout + logs.stderr).strip().splitlines()[0]
+    assert json.loads(first)["logger"].startswith("pykv")
+
+    # docker stop sends SIGTERM: a clean, quick exit.
+    started = time.monotonic()
+    _docker("stop", "-t", "20", sidecar)
+    assert time.monotonic() - started < 15
+    state = json.loads(_docker("inspect", sidecar).stdout)[0]["State"]
+    assert state["ExitCode"] == 0
