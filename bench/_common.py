@@ -99,3 +99,49 @@ def percentile(samples: list[float], pct: float) -> float:
 
 def median(samples: list[float]) -> float:
     return statistics.median(samples) if samples else float("nan")
+
+
+def measure_pykv(url: str, count: int, watch_count: int) -> dict[str, float]:
+    """The pykv side of every backend's benchmark, on a scratch prefix of ``url``.
+
+    Keys: put, get, atomic_put (ops/s), watch_p50/watch_p99 (seconds from a put to its event),
+    lock (acquire+release cycles per second).
+    """
+    import uuid
+
+    import pykv
+
+    value = b"x" * 100
+    out: dict[str, float] = {}
+    with pykv.open_store(url, prefix=f"bench-{uuid.uuid4().hex[:8]}") as store:
+        out["put"] = best_rate(lambda i: store.put(f"k{i % 100}", value), count)
+        out["get"] = best_rate(lambda i: store.get(f"k{i % 100}"), count)
+        pair = [store.get("k0")]
+
+        def cas(_: int) -> None:
+            pair[0] = store.atomic_put("k0", value, pair[0])
+
+        out["atomic_put"] = best_rate(cas, count)
+        if pykv.Capability.WATCH in store.capabilities:
+            samples: list[float] = []
+            with store.watch("watched") as watch:
+                watch.get(timeout=10)
+                for i in range(watch_count):
+                    start = time.perf_counter()
+                    store.put("watched", str(i))
+                    while True:
+                        event = watch.get(timeout=10)
+                        if event is not None and event.value == str(i).encode():
+                            break
+                    samples.append(time.perf_counter() - start)
+            out["watch_p50"], out["watch_p99"] = median(samples), percentile(samples, 99)
+        if pykv.Capability.LOCK in store.capabilities:
+            lock = store.lock("lock", ttl=10)
+
+            def cycle(_: int) -> None:
+                lock.acquire()
+                lock.release()
+
+            out["lock"] = best_rate(cycle, max(50, count // 10))
+        store.delete_tree("")
+    return out

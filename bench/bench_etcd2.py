@@ -27,47 +27,15 @@ from urllib.parse import quote
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import urllib3
-from _common import Row, Table, best_rate, median, percentile, progress
+from _common import Row, Table, best_rate, measure_pykv, median, percentile, progress
 
-import pykv
 from pykv import StoreURL
 
 VALUE = "x" * 100
 
 
 def bench_pykv(url: str, count: int, watch_count: int) -> dict[str, float]:
-    prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    out: dict[str, float] = {}
-    with pykv.open_store(url, prefix=prefix) as store:
-        out["put"] = best_rate(lambda i: store.put(f"k{i % 100}", VALUE), count)
-        out["get"] = best_rate(lambda i: store.get(f"k{i % 100}"), count)
-        pair = [store.get("k0")]
-
-        def cas(_: int) -> None:
-            pair[0] = store.atomic_put("k0", VALUE, pair[0])
-
-        out["atomic_put"] = best_rate(cas, count)
-        samples: list[float] = []
-        with store.watch("watched") as watch:
-            watch.get(timeout=10)
-            for i in range(watch_count):
-                start = time.perf_counter()
-                store.put("watched", str(i))
-                while True:
-                    event = watch.get(timeout=10)
-                    if event is not None and event.value == str(i).encode():
-                        break
-                samples.append(time.perf_counter() - start)
-        out["watch_p50"], out["watch_p99"] = median(samples), percentile(samples, 99)
-        lock = store.lock("lock", ttl=10)
-
-        def cycle(_: int) -> None:
-            lock.acquire()
-            lock.release()
-
-        out["lock"] = best_rate(cycle, max(50, count // 10))
-        store.delete_tree("")
-    return out
+    return measure_pykv(url, count, watch_count)
 
 
 class Raw:

@@ -22,7 +22,7 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import Row, Table, best_rate, median, percentile, progress
+from _common import Row, Table, best_rate, measure_pykv, median, percentile, progress
 
 import pykv
 from pykv import Capability
@@ -37,21 +37,6 @@ for i in range(count):
     time.sleep(0.01)
 store.close()
 """
-
-
-def watch_latency_local(store: pykv.Store, count: int) -> list[float]:
-    samples: list[float] = []
-    with store.watch("bench/watched") as watch:
-        watch.get(timeout=10)
-        for i in range(count):
-            start = time.perf_counter()
-            store.put("bench/watched", str(i))
-            while True:
-                event = watch.get(timeout=10)
-                if event is not None and event.value == str(i).encode():
-                    break
-            samples.append(time.perf_counter() - start)
-    return samples
 
 
 def watch_latency_cross_process(
@@ -73,34 +58,16 @@ def watch_latency_cross_process(
     return samples
 
 
-def bench_pykv(url: str, count: int, table: Table) -> dict[str, float]:
-    prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    out: dict[str, float] = {}
-    with pykv.open_store(url, prefix=prefix) as store:
-        value = b"x" * 100
-        out["put"] = best_rate(lambda i: store.put(f"k{i % 100}", value), count)
-        out["get"] = best_rate(lambda i: store.get(f"k{i % 100}"), count)
-        pair = [store.get("k0")]
-
-        def cas(_: int) -> None:
-            pair[0] = store.atomic_put("k0", value, pair[0])
-
-        out["atomic_put"] = best_rate(cas, count)
-        if Capability.WATCH in store.capabilities:
-            local = watch_latency_local(store, min(count, 500))
-            out["watch_p50"], out["watch_p99"] = median(local), percentile(local, 99)
-            if Capability.SHARED in store.capabilities:
-                cross = watch_latency_cross_process(url, prefix, store, 200)
-                out["xwatch_p50"], out["xwatch_p99"] = median(cross), percentile(cross, 99)
-        if Capability.LOCK in store.capabilities:
-            lock = store.lock("bench/lock", ttl=10)
-
-            def cycle(_: int) -> None:
-                lock.acquire()
-                lock.release()
-
-            out["lock"] = best_rate(cycle, max(50, count // 10))
-        store.delete_tree("")
+def bench_pykv(url: str, count: int) -> dict[str, float]:
+    out = measure_pykv(url, count, min(count, 500))
+    with pykv.open_store(url) as store:
+        shared = {Capability.WATCH, Capability.SHARED} <= store.capabilities
+    if shared:
+        prefix = f"bench-{uuid.uuid4().hex[:8]}"
+        with pykv.open_store(url, prefix=prefix) as store:
+            cross = watch_latency_cross_process(url, prefix, store, 200)
+            out["xwatch_p50"], out["xwatch_p99"] = median(cross), percentile(cross, 99)
+            store.delete_tree("")
     return out
 
 
@@ -161,7 +128,7 @@ def report(url: str, count: int) -> str:
     table = Table(
         f"pykv on {shown}", raw_label="raw sqlite3" if url.startswith("sqlite") else "raw"
     )
-    ours = bench_pykv(url, count, table)
+    ours = bench_pykv(url, count)
     raw: dict[str, float] = {}
     same: dict[str, float] = {}
     if url.startswith("sqlite:///"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 from ._errors import InvalidKeyError
@@ -42,8 +43,13 @@ def normalize_key(key: str) -> str:
 
     ``a/b``, ``/a/b`` and ``a/b/`` are the same key. The empty key is invalid.
     """
-    if not isinstance(key, str):
+    if type(key) is not str:
         raise InvalidKeyError(f"a key must be a str, not {type(key).__name__}: {key!r}")
+    return _normalize_key(key)
+
+
+@functools.lru_cache(maxsize=8192)  # keys repeat; validation is on every call's path
+def _normalize_key(key: str) -> str:
     stripped = key.strip("/")
     if stripped == "":
         raise InvalidKeyError(f"the key {key!r} is empty")

@@ -98,8 +98,6 @@ class MemoryStore(Store):
     options_class: ClassVar[type[StoreOptions]] = StoreOptions
 
     def __init__(self, url: StoreURL, options: StoreOptions) -> None:
-        if not options.prefix and url.path:
-            options = StoreOptions(timeout=options.timeout, prefix=url.path)
         super().__init__(url, options)
         self.name = url.netloc
         self._space = _space(self.name)

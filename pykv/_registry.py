@@ -6,6 +6,7 @@ never imports the Consul driver. Two distributions claiming one scheme is an err
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.metadata
 import logging
@@ -131,6 +132,15 @@ def open_store(
                 f"unknown scheme variant {parsed.full_scheme!r}; the only variant is '+tls'"
             )
         query["tls"] = "true"
+    # What the URL itself says, unless an option overrides it: the path is the key prefix
+    # (except for file-based stores) and user:password@ are the credentials.
+    fields = {f.name for f in dataclasses.fields(cls.options_class)}
+    given = set(query) | set(options)
+    if cls.url_path_is_prefix and parsed.path and "prefix" not in given:
+        query["prefix"] = parsed.path
+    for name, value in (("username", parsed.username), ("password", parsed.password)):
+        if value is not None and name in fields and name not in given:
+            query[name] = value
     opts = build_options(cls.options_class, parsed.scheme, query, options)
     store = cls(parsed, opts)
     log.debug("opened %s", store)

@@ -37,7 +37,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, NoReturn
 
 from ._errors import (
     ConfigurationError,
@@ -93,6 +93,7 @@ _PUT = (
     "value = excluded.value, revision = excluded.revision, owner = excluded.owner, "
     "ttl = excluded.ttl, expires = excluded.expires"
 )
+_GET = f"SELECT value, revision FROM pykv_kv WHERE path = ? AND {_LIVE}"
 _TOMBSTONE = "value = NULL, owner = NULL, ttl = NULL, expires = NULL"
 
 
@@ -125,6 +126,7 @@ class SQLiteStore(Store):
     capabilities: ClassVar[frozenset[Capability]] = frozenset(Capability)
     options_class: ClassVar[type[StoreOptions]] = SQLiteOptions
     ttl_slack: ClassVar[float] = 1.0
+    url_path_is_prefix: ClassVar[bool] = False
     options: SQLiteOptions
 
     def __init__(self, url: StoreURL, options: StoreOptions) -> None:
@@ -266,11 +268,11 @@ class SQLiteStore(Store):
     # -- keys and values -------------------------------------------------------------------
 
     def _get(self, key: str) -> KVPair:
-        with self._mutex, _ErrorMap(self, "get", key):
-            row = self._conn.execute(
-                f"SELECT value, revision FROM pykv_kv WHERE path = ? AND {_LIVE}",
-                (self._path(key), time.time()),
-            ).fetchone()
+        try:  # not a context manager: this is the hottest path
+            with self._mutex:
+                row = self._conn.execute(_GET, (self._path(key), time.time())).fetchone()
+        except sqlite3.Error as exc:
+            raise_mapped(self, exc, "get", key)
         if row is None:
             raise KeyNotFoundError(f"{key!r} not found in {self}")
         return KVPair(key, row[0], row[1])
@@ -291,8 +293,11 @@ class SQLiteStore(Store):
     def _put(self, key: str, value: bytes, ttl: float | None) -> None:
         self._maybe_sweep()
         owner, ttl_, expires = self._owner_fields(ttl)
-        with self._mutex, _ErrorMap(self, "put", key):
-            self._conn.execute(_PUT, (self._path(key), value, owner, ttl_, expires))
+        try:
+            with self._mutex:
+                self._conn.execute(_PUT, (self._path(key), value, owner, ttl_, expires))
+        except sqlite3.Error as exc:
+            raise_mapped(self, exc, "put", key)
         self._notify()
 
     def _notify(self) -> None:
@@ -618,24 +623,26 @@ class _ErrorMap:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
     ) -> None:
-        if exc is None or not isinstance(exc, sqlite3.Error):
-            return
-        what = self.what if self.key is None else f"{self.what} {self.key!r}"
-        where, text = self.store._where(), str(exc)
-        if isinstance(exc, sqlite3.OperationalError):
-            if "locked" in text or "busy" in text:
-                raise OperationTimeoutError(
-                    f"{what}: {where} stayed locked by another connection for more "
-                    f"than the timeout ({self.store.timeout} s)"
-                ) from exc
-            if "unable to open" in text or "readonly" in text or "disk I/O" in text:
-                raise UnavailableError(f"{what}: cannot use {where}: {text}") from exc
-            raise UnavailableError(f"{what} failed on {where}: {text}") from exc
-        if isinstance(exc, sqlite3.DatabaseError):
-            raise UnavailableError(
-                f"{what}: {where} is not a usable SQLite database ({exc})"
+        if exc is not None and isinstance(exc, sqlite3.Error):
+            raise_mapped(self.store, exc, self.what, self.key)
+
+
+def raise_mapped(store: SQLiteStore, exc: sqlite3.Error, what: str, key: str | None) -> NoReturn:
+    """Raise the pykv error for a sqlite3 error: the one place that maps them."""
+    what = what if key is None else f"{what} {key!r}"
+    where, text = store._where(), str(exc)
+    if isinstance(exc, sqlite3.OperationalError):
+        if "locked" in text or "busy" in text:
+            raise OperationTimeoutError(
+                f"{what}: {where} stayed locked by another connection for more "
+                f"than the timeout ({store.timeout} s)"
             ) from exc
+        if "unable to open" in text or "readonly" in text or "disk I/O" in text:
+            raise UnavailableError(f"{what}: cannot use {where}: {text}") from exc
         raise UnavailableError(f"{what} failed on {where}: {text}") from exc
+    if isinstance(exc, sqlite3.DatabaseError):
+        raise UnavailableError(f"{what}: {where} is not a usable SQLite database ({exc})") from exc
+    raise UnavailableError(f"{what} failed on {where}: {text}") from exc
 
 
 class _SQLiteLock(Lock):

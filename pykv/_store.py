@@ -341,6 +341,8 @@ class Store(abc.ABC):
     distribution: ClassVar[str] = "pykv"
     #: Seconds a TTL key or a dead holder's lock may outlive its TTL on this backend.
     ttl_slack: ClassVar[float] = 0.0
+    #: Whether the URL's path is the key prefix (network stores); False where it names a file.
+    url_path_is_prefix: ClassVar[bool] = True
 
     def __init__(self, url: StoreURL, options: StoreOptions) -> None:
         self.url = url

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _tls import make_certs
 
 import pykv
 
@@ -20,30 +21,12 @@ PORT = 22701
 CONSUL = shutil.which("consul") or "/usr/local/bin/consul"
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def _make_certs(d: Path) -> None:
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=pykv-ca",
-             "-keyout", "ca.key", "-out", "ca.pem", cwd=d)  # fmt: skip
-    (d / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    for name in ("server", "client", "other"):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
-                 "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)  # fmt: skip
-        signer = ["-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial"]
-        if name == "other":  # self-signed: from a CA the agent does not trust
-            signer = ["-signkey", f"{name}.key"]
-        _openssl("x509", "-req", "-in", f"{name}.csr", *signer, "-days", "2",
-                 "-extfile", "san.cnf", "-out", f"{name}.pem", cwd=d)  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def tls_consul(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     if shutil.which("openssl") is None or not Path(CONSUL).exists():
         pytest.fail("this test needs openssl and consul (scripts/provision.sh installs consul)")
     d = tmp_path_factory.mktemp("consul-tls")
-    _make_certs(d)
+    make_certs(d)
     (d / "config.hcl").write_text(
         f"""
 session_ttl_min = "1s"

@@ -37,8 +37,6 @@ class TemplateStore(Store):
     ttl_slack: ClassVar[float] = 0.0
 
     def __init__(self, url: StoreURL, options: TemplateOptions) -> None:  # type: ignore[override]
-        if not options.prefix and url.path:
-            options = TemplateOptions(**{**options.__dict__, "prefix": url.path})
         super().__init__(url, options)
 
     @contextlib.contextmanager

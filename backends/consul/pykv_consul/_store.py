@@ -96,8 +96,6 @@ class ConsulStore(Store):
     options: ConsulOptions
 
     def __init__(self, url: StoreURL, options: ConsulOptions) -> None:
-        if not options.prefix and url.path:
-            options = ConsulOptions(**{**options.__dict__, "prefix": url.path})
         super().__init__(url, options)
         if url.username is not None or url.password is not None:
             raise ConfigurationError(

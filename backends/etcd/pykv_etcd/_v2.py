@@ -294,15 +294,6 @@ class Etcd2Store(Store):
 
     def __init__(self, url: StoreURL, options: StoreOptions) -> None:
         assert isinstance(options, Etcd2Options)
-        changes: dict[str, object] = {}
-        if not options.prefix and url.path:
-            changes["prefix"] = url.path
-        if options.username is None and url.username is not None:
-            changes["username"] = url.username
-        if options.password is None and url.password is not None:
-            changes["password"] = url.password
-        if changes:
-            options = Etcd2Options(**{**options.__dict__, **changes})
         super().__init__(url, options)
         scheme = "https" if options.tls else "http"
         hosts = url.hosts or (Host("127.0.0.1"),)

@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 import grpc
@@ -148,8 +148,7 @@ class _Client:
         self._current = 0
         self._closed = False
         self._mutex = threading.Lock()
-        self._user = options.username if options.username is not None else store.url.username
-        self._password = options.password if options.password is not None else store.url.password
+        self._user, self._password = options.username, options.password
         self._metadata: tuple[tuple[str, str], ...] = ()
         if self._user is not None or self._password is not None:
             if not self._user or self._password is None:
@@ -471,8 +470,6 @@ class EtcdStore(Store):
     options: EtcdOptions
 
     def __init__(self, url: StoreURL, options: EtcdOptions) -> None:
-        if not options.prefix and url.path:
-            options = replace(options, prefix=url.path)
         super().__init__(url, options)
         if not url.hosts:
             raise ConfigurationError(f"{url}: an etcd URL needs at least one host[:port]")

@@ -100,8 +100,6 @@ class ZooKeeperStore(Store):
     options: ZooKeeperOptions
 
     def __init__(self, url: StoreURL, options: ZooKeeperOptions) -> None:
-        if not options.prefix and url.path:
-            options = ZooKeeperOptions(**{**options.__dict__, "prefix": url.path})
         if url.variant == "tls" and not options.tls:
             options = ZooKeeperOptions(**{**options.__dict__, "tls": True})
         elif url.variant not in (None, "tls"):
@@ -112,8 +110,7 @@ class ZooKeeperStore(Store):
         self._hosts = ",".join(str(h.with_default_port(DEFAULT_PORT)) for h in url.hosts)
         self._root = "/" + self.prefix if self.prefix else "/"
         self._lock_base = f"/{LOCK_ROOT}/{self.prefix}" if self.prefix else f"/{LOCK_ROOT}"
-        username = options.username or url.username
-        password = options.password if options.password is not None else url.password
+        username, password = options.username, options.password
         self._user = username
         auth = None
         if username is not None:

@@ -1,0 +1,86 @@
+"""Certificates and a TLS etcd for the TLS tests: made here with openssl, on loopback."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pykv
+
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_certs(d: Path) -> None:
+    """ca.pem; server/client certificates signed by it; "other", self-signed (untrusted)."""
+    if shutil.which("openssl") is None:
+        raise AssertionError("the TLS tests need openssl")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=pykv-ca",
+             "-keyout", "ca.key", "-out", "ca.pem", cwd=d)  # fmt: skip
+    (d / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name in ("server", "client", "other"):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+                 "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)  # fmt: skip
+        signer = ["-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial"]
+        if name == "other":  # self-signed: from a CA the server does not trust
+            signer = ["-signkey", f"{name}.key"]
+        _openssl("x509", "-req", "-in", f"{name}.csr", *signer, "-days", "2",
+                 "-extfile", "san.cnf", "-out", f"{name}.pem", cwd=d)  # fmt: skip
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@contextmanager
+def tls_etcd(d: Path, port: int, scheme: str, *, enable_v2: bool) -> Iterator[Path]:
+    """An etcd requiring client certificates on https://127.0.0.1:PORT, ready for ``scheme``."""
+    if not Path(ETCD).exists():
+        raise AssertionError("this test needs etcd (scripts/provision.sh installs it)")
+    make_certs(d)
+    name = f"tls{port}"
+    with (d / "etcd.log").open("w") as log:
+        proc = subprocess.Popen(
+            [ETCD, "--name", name, "--data-dir", str(d / "data"),
+             f"--enable-v2={'true' if enable_v2 else 'false'}",
+             "--listen-client-urls", f"https://127.0.0.1:{port}",
+             "--advertise-client-urls", f"https://127.0.0.1:{port}",
+             "--listen-peer-urls", f"http://127.0.0.1:{port + 1}",
+             "--initial-advertise-peer-urls", f"http://127.0.0.1:{port + 1}",
+             "--initial-cluster", f"{name}=http://127.0.0.1:{port + 1}",
+             "--cert-file", str(d / "server.pem"), "--key-file", str(d / "server.key"),
+             "--trusted-ca-file", str(d / "ca.pem"), "--client-cert-auth"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    with pykv.open_store(
+                        f"{scheme}+tls://127.0.0.1:{port}",
+                        ca=str(d / "ca.pem"),
+                        cert=str(d / "client.pem"),
+                        key=str(d / "client.key"),
+                        timeout=2,
+                    ) as probe:
+                        probe.exists("probe")
+                    break
+                except pykv.UnavailableError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise AssertionError((d / "etcd.log").read_text()[-3000:]) from None
+                    time.sleep(0.2)
+            yield d
+        finally:
+            stop(proc)
