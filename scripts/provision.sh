@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Provision what the integration tests need on a Debian 12 (bookworm) machine, as root:
-# Debian packages, Consul (bullseye), Docker Compose v2 (trixie), a running Docker engine and the
-# locally built images the compose file uses. Idempotent: each step checks first and does nothing
-# when its result is already there, so a warm run takes a few seconds.
+# Debian packages, Consul (bullseye), Docker Compose v2 and etcd 3.5 (trixie), a running Docker
+# engine and the locally built images the compose file uses. Idempotent: each step checks first
+# and does nothing when its result is already there, so a warm run takes a few seconds.
 #
 #   bash scripts/provision.sh
 #
@@ -22,6 +22,8 @@ servers_image=${PYKV_SERVERS_IMAGE:-pykv-servers:1}
 busybox_image=${PYKV_BUSYBOX_IMAGE:-pykv-busybox:1}
 
 consul_version=1.8.7
+etcd35_minor=3.5 # second etcd for the compatibility tests (trixie's etcd-server, 3.5.x)
+etcd35_bin=/usr/local/lib/pykv/etcd-3.5/etcd
 compose_min_minor=23 # configs with inline `content:` need Compose >= 2.23
 apt_packages=(docker.io etcd-server etcd-client zookeeper debootstrap busybox-static)
 keyring=/usr/share/keyrings/debian-archive-keyring.gpg # holds bullseye, bookworm and trixie keys
@@ -193,6 +195,30 @@ ensure_compose() {
   log "    installed /usr/libexec/docker/cli-plugins/docker-compose: $(docker compose version --short)"
 }
 
+etcd_version_of() { # etcd_version_of BIN: "3.5.16", empty when BIN does not run
+  "$1" --version 2>/dev/null | awk '$1 == "etcd" && $2 == "Version:" { print $3; exit }' || true
+}
+
+ensure_etcd35() {
+  local got
+  if [[ -x $etcd35_bin ]]; then
+    got=$(etcd_version_of "$etcd35_bin")
+    if [[ $got == "$etcd35_minor".* ]]; then
+      log "    present: $etcd35_bin (etcd $got)"
+      return
+    fi
+  fi
+  local x
+  x=$(side_fetch trixie etcd-server)
+  [[ -x $x/usr/bin/etcd ]] || die "no usr/bin/etcd in trixie's etcd-server package"
+  # Beside, not over, bookworm's /usr/bin/etcd (3.4): the tests run both.
+  install -D -m 755 "$x/usr/bin/etcd" "$etcd35_bin"
+  rm -rf "$x"
+  got=$(etcd_version_of "$etcd35_bin")
+  [[ $got == "$etcd35_minor".* ]] || die "trixie gave etcd '$got', expected $etcd35_minor.x"
+  log "    installed $etcd35_bin: etcd $got"
+}
+
 # ---------------------------------------------------------------------------------------------
 # Docker engine
 
@@ -222,7 +248,7 @@ ensure_dockerd() {
 # ---------------------------------------------------------------------------------------------
 # Locally built images, labelled with a hash of their recipe: rebuilt when missing or stale.
 
-recipe_hash() { sha256sum "$@" | sha256sum | cut -c1-16; }
+recipe_hash() { cat "$@" | sha256sum | cut -c1-16; } # content only: same recipe, same image, wherever the checkout is
 
 image_label() { # image_label IMAGE: the image's recipe label, empty when there is no image
   docker image inspect -f '{{ index .Config.Labels "org.pykv.recipe" }}' "$1" 2>/dev/null || true
@@ -273,6 +299,7 @@ main() {
   step "Debian packages" ensure_apt_packages
   step "Consul $consul_version (bullseye)" ensure_consul
   step "Docker Compose v2 (trixie)" ensure_compose
+  step "etcd $etcd35_minor (trixie)" ensure_etcd35
   step "Docker engine" ensure_dockerd
   step "image $busybox_image" ensure_busybox_image
   step "image $servers_image" ensure_servers_image
