@@ -145,3 +145,23 @@ def measure_pykv(url: str, count: int, watch_count: int) -> dict[str, float]:
             out["lock"] = best_rate(cycle, max(50, count // 10))
         store.delete_tree("")
     return out
+
+
+def compare_interleaved(
+    table: Table,
+    run_pykv: Callable[[], dict[str, float]],
+    run_raw: Callable[[], dict[str, float]],
+    notes: dict[str, str] | None = None,
+) -> str:
+    """Run raw, pykv, raw, pykv (so both see the same server state and machine load), add the
+    best of each side to ``table`` (highest ops/s, lowest latency) and render it."""
+    raw, ours, raw2, ours2 = run_raw(), run_pykv(), run_raw(), run_pykv()
+    notes = notes or {}
+    for name in ("put", "get", "atomic_put", "lock"):
+        r, o = max(raw[name], raw2[name]), max(ours[name], ours2[name])
+        label = name if name != "lock" else "lock acquire+release"
+        table.add(Row(label, o, r, note=notes.get(name, "")))
+    for name, label in (("watch_p50", "p50"), ("watch_p99", "p99")):
+        r, o = min(raw[name], raw2[name]), min(ours[name], ours2[name])
+        table.add(Row(f"watch latency {label} (put -> event)", o, r, unit="s"))
+    return table.render()

@@ -22,7 +22,15 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import pyetcd
-from _common import Row, Table, best_rate, measure_pykv, median, percentile, progress
+from _common import (
+    Table,
+    best_rate,
+    compare_interleaved,
+    measure_pykv,
+    median,
+    percentile,
+    progress,
+)
 
 from pykv import StoreURL
 
@@ -92,19 +100,12 @@ def bench_raw(url: str, count: int, watch_count: int) -> dict[str, float]:
 def report(url: str, count: int, watch_count: int) -> str:
     progress(f"benchmarking {url} ({count} ops per measurement)")
     table = Table(f"pykv etcd v3 store on {url}", raw_label="etcd-sdk-python")
-    # Interleave the sides so that both see the same server state and machine load.
-    raw = bench_raw(url, count, watch_count)
-    ours = bench_pykv(url, count, watch_count)
-    raw2 = bench_raw(url, count, watch_count)
-    ours2 = bench_pykv(url, count, watch_count)
-    for name in ("put", "get", "atomic_put", "lock"):
-        r, o = max(raw[name], raw2[name]), max(ours[name], ours2[name])
-        note = "raw: pyetcd's lock recipe" if name == "lock" else ""
-        table.add(Row(name if name != "lock" else "lock acquire+release", o, r, note=note))
-    for name, label in (("watch_p50", "p50"), ("watch_p99", "p99")):
-        r, o = min(raw[name], raw2[name]), min(ours[name], ours2[name])
-        table.add(Row(f"watch latency {label} (put -> event)", o, r, unit="s"))
-    return table.render()
+    return compare_interleaved(
+        table,
+        lambda: bench_pykv(url, count, watch_count),
+        lambda: bench_raw(url, count, watch_count),
+        {"lock": "raw: pyetcd's lock recipe"},
+    )
 
 
 def main() -> None:

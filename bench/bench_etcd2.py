@@ -27,7 +27,15 @@ from urllib.parse import quote
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import urllib3
-from _common import Row, Table, best_rate, measure_pykv, median, percentile, progress
+from _common import (
+    Table,
+    best_rate,
+    compare_interleaved,
+    measure_pykv,
+    median,
+    percentile,
+    progress,
+)
 
 from pykv import StoreURL
 
@@ -120,22 +128,12 @@ def bench_raw(url: str, count: int, watch_count: int) -> dict[str, float]:
 def report(url: str, count: int, watch_count: int) -> str:
     progress(f"benchmarking {url} ({count} ops per measurement)")
     table = Table(f"pykv etcd v2 store on {url}", raw_label="raw urllib3 HTTP")
-    # Interleave the sides so that both see the same server state and machine load.
-    raw = bench_raw(url, count, watch_count)
-    ours = bench_pykv(url, count, watch_count)
-    raw2 = bench_raw(url, count, watch_count)
-    ours2 = bench_pykv(url, count, watch_count)
-    notes = {
-        "lock": "pykv: bookkeeping node + value key (4 requests); raw: 2 requests",
-    }
-    for name in ("put", "get", "atomic_put", "lock"):
-        r, o = max(raw[name], raw2[name]), max(ours[name], ours2[name])
-        label = name if name != "lock" else "lock acquire+release"
-        table.add(Row(label, o, r, note=notes.get(name, "")))
-    for name, label in (("watch_p50", "p50"), ("watch_p99", "p99")):
-        r, o = min(raw[name], raw2[name]), min(ours[name], ours2[name])
-        table.add(Row(f"watch latency {label} (put -> event)", o, r, unit="s"))
-    return table.render()
+    return compare_interleaved(
+        table,
+        lambda: bench_pykv(url, count, watch_count),
+        lambda: bench_raw(url, count, watch_count),
+        {"lock": "pykv: bookkeeping node + value key (4 requests); raw: 2 requests"},
+    )
 
 
 def main() -> None:

@@ -97,7 +97,25 @@ class Capability(str, enum.Enum):
         return self.value
 
 
-class Watch(Generic[T]):
+class Closing:
+    """``with obj:`` calls ``obj.close()`` on the way out (Store, Watch and friends)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Watch(Closing, Generic[T]):
     """A stream of events: an iterator and a context manager.
 
     The first event is the current state: the :class:`KVPair`, or ``None`` when the key is
@@ -168,17 +186,6 @@ class Watch(Generic[T]):
     @property
     def closed(self) -> bool:
         return self._closed
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- producer side (drivers) ---------------------------------------------------------
 
@@ -319,7 +326,7 @@ class Lock(abc.ABC):
         """Give the lock up and delete its key. Called with the lock held (or lost)."""
 
 
-class Store(abc.ABC):
+class Store(Closing, abc.ABC):
     """A key-value store: the one interface of every pykv backend.
 
     Open one with :func:`pykv.open_store`; it is a context manager, and :meth:`close` releases
@@ -357,17 +364,6 @@ class Store(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.url}{' closed' if self._closed else ''}>"
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     @property
     def closed(self) -> bool:

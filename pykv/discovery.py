@@ -42,14 +42,13 @@ import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ._errors import InvalidKeyError, KeyNotFoundError, WatchClosedError
-from ._store import KVPair, Store, Watch
+from ._store import Closing, KVPair, Store, Watch
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    pass
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -203,7 +202,7 @@ def _parse(pairs: Sequence[KVPair]) -> list[Endpoint]:
     return endpoints
 
 
-class EndpointWatch:
+class EndpointWatch(Closing):
     """A :class:`~pykv.Watch` of endpoint lists: the full sorted list first, then on each change.
 
     Events whose list equals the previous one (a TTL refresh, a rewrite with the same data) are
@@ -247,19 +246,8 @@ class EndpointWatch:
     def closed(self) -> bool:
         return self._inner.closed
 
-    def __enter__(self) -> Self:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class Registry:
+class Registry(Closing):
     """Endpoints of services in a store, below ``prefix`` (default ``services``).
 
     The registry does not own the store: TTL endpoints stay alive while the store is open.
@@ -325,14 +313,3 @@ class Registry:
         """Deregister what this registry registered. The store stays open."""
         for endpoint in list(self._registered.values()):
             self.deregister(endpoint)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -111,6 +111,18 @@ def _b(text: str) -> bytes:
     return text.encode("utf-8")
 
 
+def _absent(key: bytes, range_end: bytes | None = None) -> Any:
+    """A txn compare that holds when ``key`` (or every key in the range) does not exist."""
+    extra = {} if range_end is None else {"range_end": range_end}
+    return etcdrpc.Compare(
+        key=key,
+        target=etcdrpc.Compare.CREATE,
+        result=etcdrpc.Compare.EQUAL,
+        create_revision=0,
+        **extra,
+    )
+
+
 def _range_end(prefix: bytes) -> bytes:
     """The range_end of every key starting with ``prefix`` (which ends in a byte < 0xff)."""
     return prefix[:-1] + bytes([prefix[-1] + 1])
@@ -585,12 +597,7 @@ class EtcdStore(Store):
         path = self._key(key)
         lease = self._lease(ttl) if ttl is not None else None
         if previous is None:
-            compare = etcdrpc.Compare(
-                key=path,
-                target=etcdrpc.Compare.CREATE,
-                result=etcdrpc.Compare.EQUAL,
-                create_revision=0,
-            )
+            compare = _absent(path)
         else:
             compare = etcdrpc.Compare(
                 key=path,
@@ -903,14 +910,7 @@ class EtcdStore(Store):
         for path, value in keys.items():
             # Only where nobody wrote the key meanwhile.
             request = etcdrpc.TxnRequest(
-                compare=[
-                    etcdrpc.Compare(
-                        key=path,
-                        target=etcdrpc.Compare.CREATE,
-                        result=etcdrpc.Compare.EQUAL,
-                        create_revision=0,
-                    )
-                ],
+                compare=[_absent(path)],
                 success=[
                     etcdrpc.RequestOp(
                         request_put=etcdrpc.PutRequest(key=path, value=value, lease=lease.id)
@@ -1110,20 +1110,9 @@ class _EtcdLock(Lock):
             claim = etcdrpc.PutRequest(key=self._path, value=self.value, lease=lease.id)
             request = etcdrpc.TxnRequest(
                 compare=[
-                    etcdrpc.Compare(
-                        key=self._path,
-                        target=etcdrpc.Compare.CREATE,
-                        result=etcdrpc.Compare.EQUAL,
-                        create_revision=0,
-                    ),
+                    _absent(self._path),
                     # Over a range: true when no key is in it (etcd compares with an empty key).
-                    etcdrpc.Compare(
-                        key=self._queue_prefix,
-                        range_end=_range_end(self._queue_prefix),
-                        target=etcdrpc.Compare.CREATE,
-                        result=etcdrpc.Compare.EQUAL,
-                        create_revision=0,
-                    ),
+                    _absent(self._queue_prefix, _range_end(self._queue_prefix)),
                 ],
                 success=[queue_up, etcdrpc.RequestOp(request_put=claim)],
                 failure=[queue_up, *self._queue_ops()],
@@ -1140,12 +1129,7 @@ class _EtcdLock(Lock):
         """Create the lock key if it is absent and we are still queued; the token on success."""
         request = etcdrpc.TxnRequest(
             compare=[
-                etcdrpc.Compare(
-                    key=self._path,
-                    target=etcdrpc.Compare.CREATE,
-                    result=etcdrpc.Compare.EQUAL,
-                    create_revision=0,
-                ),
+                _absent(self._path),
                 etcdrpc.Compare(
                     key=self._queue_key,
                     target=etcdrpc.Compare.CREATE,

@@ -100,10 +100,6 @@ class ZooKeeperStore(Store):
     options: ZooKeeperOptions
 
     def __init__(self, url: StoreURL, options: ZooKeeperOptions) -> None:
-        if url.variant == "tls" and not options.tls:
-            options = ZooKeeperOptions(**{**options.__dict__, "tls": True})
-        elif url.variant not in (None, "tls"):
-            raise ConfigurationError(f"{url}: unknown variant {url.variant!r}; use +tls or none")
         super().__init__(url, options)
         if not url.hosts:
             raise ConfigurationError(f"{url}: a zookeeper URL needs at least one host")
