@@ -16,9 +16,13 @@ class Row:
     raw: float | None = None
     unit: str = "ops/s"
     note: str = ""
+    #: a ratio measured otherwise (e.g. the median of interleaved rounds) to show instead
+    ratio_value: float | None = None
 
     @property
     def ratio(self) -> str:
+        if self.ratio_value is not None:
+            return f"{self.ratio_value:.2f}x"
         if self.pykv is None or self.raw is None or self.raw == 0:
             return ""
         if self.unit == "ops/s":

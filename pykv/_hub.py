@@ -19,11 +19,20 @@ __all__ = ["Change", "WatchHub"]
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """The state of ``path`` after the write at ``revision``; ``value`` None means deleted."""
+    """The state of ``path`` after the write at ``revision``; ``value`` None means deleted.
+
+    ``seq`` is the change's position in the store's change stream when that is not the
+    revision itself (sqlite: revisions come from a clock, the stream is a log in commit order).
+    """
 
     revision: int
     path: str
     value: bytes | None
+    seq: int = 0
+
+    @property
+    def position(self) -> int:
+        return self.seq or self.revision
 
 
 def _below(path: str, prefix: str) -> bool:
@@ -36,6 +45,8 @@ class _KeyWatch:
     path: str
     strip: int
     after: int
+    #: the revision of the last delivered pair, None after a deletion (for resync)
+    delivered: int | None = None
 
 
 @dataclass
@@ -82,7 +93,9 @@ class WatchHub:
                 on_close()
 
         watch: Watch[KVPair | None] = Watch(description, on_close=closed)
-        entry = _KeyWatch(watch, path, strip, revision)
+        entry = _KeyWatch(
+            watch, path, strip, revision, None if current is None else current.revision
+        )
         watch._emit(current)
         with self._lock:
             self._keys.append(entry)
@@ -123,8 +136,9 @@ class WatchHub:
             keys, trees = list(self._keys), list(self._trees)
         for kw in keys:
             for ch in batch:
-                if ch.path == kw.path and ch.revision > kw.after:
-                    kw.after = ch.revision
+                if ch.path == kw.path and ch.position > kw.after:
+                    kw.after = ch.position
+                    kw.delivered = None if ch.value is None else ch.revision
                     kw.watch._emit(
                         None
                         if ch.value is None
@@ -132,11 +146,11 @@ class WatchHub:
                     )
         for tw in trees:
             touched = False
-            seen_up_to = tw.after  # one write may change several keys at one revision
+            seen_up_to = tw.after  # one write may change several keys at one position
             for ch in batch:
-                if ch.revision <= seen_up_to or not _below(ch.path, tw.prefix):
+                if ch.position <= seen_up_to or not _below(ch.path, tw.prefix):
                     continue
-                tw.after = max(tw.after, ch.revision)
+                tw.after = max(tw.after, ch.position)
                 rel = ch.path[tw.strip :]
                 if ch.value is None:
                     touched |= tw.snapshot.pop(rel, None) is not None
@@ -152,13 +166,17 @@ class WatchHub:
         read_tree: Callable[[str], list[KVPair]],
         revision: int,
     ) -> None:
-        """Re-read every watched state at ``revision`` (after changes were lost to compaction)
-        and deliver what differs from what each watch last delivered."""
+        """Re-read every watched state at ``revision`` (a position in the change stream, after
+        changes were lost to it) and deliver what differs from what each watch last delivered."""
         with self._lock:
             keys, trees = list(self._keys), list(self._trees)
         for kw in keys:
             pair = read_key(kw.path)
             kw.after = revision
+            seen = None if pair is None else pair.revision
+            if seen == kw.delivered:
+                continue
+            kw.delivered = seen
             kw.watch._emit(
                 None if pair is None else KVPair(kw.path[kw.strip :], pair.value, pair.revision)
             )

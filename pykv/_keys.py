@@ -77,6 +77,8 @@ def join(prefix: str, key: str) -> str:
 
 def to_bytes(value: bytes | bytearray | memoryview | str) -> bytes:
     """A value as bytes: ``str`` is stored as its UTF-8 encoding."""
+    if type(value) is bytes:  # the common case, first
+        return value
     if isinstance(value, str):
         return value.encode("utf-8")
     if isinstance(value, bytes | bytearray | memoryview):

@@ -18,12 +18,22 @@ Capabilities
     0.5 s (the sweep interval). Several processes may use one file at once; it is stored in WAL
     mode, so readers never block writers.
 
-Layout
-    Table ``pykv_kv(path, value, revision, owner, ttl, expires)`` holds keys at their full path;
-    a deleted key stays briefly as a tombstone row (``value`` NULL) so that watchers in other
-    processes see the deletion. ``pykv_locks`` holds lock bookkeeping and fencing tokens,
-    ``pykv_meta`` the schema version and the compaction mark. Revisions are global and grow with
-    every write. Expired TTL keys are invisible at once and swept (tombstoned) on access.
+Layout (schema 2)
+    Table ``pykv_kv(path, value, revision, owner, ttl, expires)`` holds keys at their full path,
+    one B-tree keyed by path, so a put writes one page. Revisions are taken from the clock in
+    microseconds (a hybrid clock: never lower than the process's last revision, the key's
+    previous revision + 1, or any deleted key's revision + 1, which ``pykv_meta.deleted``
+    remembers), so they grow with every write of a key and, across keys, in write order.
+    Expired TTL keys are invisible at once and swept (deleted) on access. ``pykv_locks`` holds
+    lock bookkeeping and fencing tokens.
+
+    Change feed: while any process watches, it is registered in ``pykv_watchers`` and triggers
+    append every change (insert, new value, deletion) to ``pykv_log`` in commit order; each
+    watching process reads the log from its position. Nobody watching, nothing is logged, so
+    plain writes cost no more than one row. Old log rows are pruned (``pykv_meta.log_pruned``);
+    a watcher that fell behind them re-reads its keys and delivers the final state.
+    Registrations of dead processes expire after a minute. Schema 1 files (global revision
+    counter with an index, tombstones) are migrated on open.
 """
 
 from __future__ import annotations
@@ -57,11 +67,15 @@ __all__ = ["SQLiteOptions", "SQLiteStore"]
 
 log = logging.getLogger("pykv.sqlite")
 
-SCHEMA_VERSION = 1
-#: Tombstones older than this many revisions are purged; watchers further behind re-read.
-TOMBSTONE_HISTORY = 10_000
+SCHEMA_VERSION = 2
+#: Log rows older than this many changes are pruned; watchers further behind re-read.
+LOG_HISTORY = 10_000
 SWEEP_INTERVAL = 0.5
 PURGE_INTERVAL = 60.0
+#: A watching process's registration lives this long unless renewed (every third of it).
+WATCHER_TTL = 60.0
+#: A store whose watches are all closed stops its registration after this many seconds.
+IDLE_UNREGISTER = 5.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pykv_kv (
@@ -72,7 +86,6 @@ CREATE TABLE IF NOT EXISTS pykv_kv (
     ttl      REAL,
     expires  REAL
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS pykv_kv_revision ON pykv_kv(revision);
 CREATE INDEX IF NOT EXISTS pykv_kv_expires ON pykv_kv(expires) WHERE expires IS NOT NULL;
 CREATE INDEX IF NOT EXISTS pykv_kv_owner ON pykv_kv(owner) WHERE owner IS NOT NULL;
 CREATE TABLE IF NOT EXISTS pykv_locks (
@@ -82,19 +95,54 @@ CREATE TABLE IF NOT EXISTS pykv_locks (
     expires REAL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pykv_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO pykv_meta VALUES ('schema_version', 1), ('compacted', 0);
+INSERT OR IGNORE INTO pykv_meta VALUES ('schema_version', 2);
+INSERT OR IGNORE INTO pykv_meta VALUES ('deleted', 0), ('log_pruned', 0);
+CREATE TABLE IF NOT EXISTS pykv_watchers (id TEXT PRIMARY KEY, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS pykv_log (
+    seq      INTEGER PRIMARY KEY,
+    path     TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    value    BLOB,
+    expires  REAL
+);
+CREATE TRIGGER IF NOT EXISTS pykv_log_insert AFTER INSERT ON pykv_kv
+WHEN EXISTS (SELECT 1 FROM pykv_watchers) BEGIN
+    INSERT INTO pykv_log (path, revision, value, expires)
+    VALUES (NEW.path, NEW.revision, NEW.value, NEW.expires);
+END;
+CREATE TRIGGER IF NOT EXISTS pykv_log_update AFTER UPDATE OF value, revision ON pykv_kv
+WHEN EXISTS (SELECT 1 FROM pykv_watchers) BEGIN
+    INSERT INTO pykv_log (path, revision, value, expires)
+    VALUES (NEW.path, NEW.revision, NEW.value, NEW.expires);
+END;
+CREATE TRIGGER IF NOT EXISTS pykv_log_delete AFTER DELETE ON pykv_kv BEGIN
+    UPDATE pykv_meta SET value = MAX(value, OLD.revision) WHERE name = 'deleted';
+    INSERT INTO pykv_log (path, revision, value, expires)
+    SELECT OLD.path, OLD.revision, NULL, NULL WHERE EXISTS (SELECT 1 FROM pykv_watchers);
+END;
+"""
+
+#: Schema 1 -> 2: tombstones become deletions (the trigger remembers their revisions), the
+#: global revision index goes.
+_MIGRATE_1 = """
+DELETE FROM pykv_kv WHERE value IS NULL;
+UPDATE pykv_meta SET value = MAX(value, (SELECT value FROM pykv_meta WHERE name = 'compacted'))
+WHERE name = 'deleted';
+DELETE FROM pykv_meta WHERE name = 'compacted';
+DROP INDEX IF EXISTS pykv_kv_revision;
+UPDATE pykv_meta SET value = 2 WHERE name = 'schema_version';
 """
 
 _LIVE = "value IS NOT NULL AND (expires IS NULL OR expires > ?)"
-_NEXT_REV = "(SELECT COALESCE(MAX(revision), 0) + 1 FROM pykv_kv)"
 _PUT = (
     "INSERT INTO pykv_kv (path, value, revision, owner, ttl, expires) "
-    f"VALUES (?, ?, {_NEXT_REV}, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET "
-    "value = excluded.value, revision = excluded.revision, owner = excluded.owner, "
+    "VALUES (?, ?, MAX(?, (SELECT value + 1 FROM pykv_meta WHERE name = 'deleted')), ?, ?, ?) "
+    "ON CONFLICT (path) DO UPDATE SET value = excluded.value, "
+    "revision = MAX(excluded.revision, pykv_kv.revision + 1), owner = excluded.owner, "
     "ttl = excluded.ttl, expires = excluded.expires"
 )
 _GET = f"SELECT value, revision FROM pykv_kv WHERE path = ? AND {_LIVE}"
-_TOMBSTONE = "value = NULL, owner = NULL, ttl = NULL, expires = NULL"
+_LOG_TOP = "SELECT COALESCE(MAX(seq), 0) FROM pykv_log"
 
 
 @dataclass(frozen=True)
@@ -148,6 +196,8 @@ class SQLiteStore(Store):
 
             self.path = default_sqlite_path()
         self._id = uuid.uuid4().hex
+        self._head = f"{self.prefix}/" if self.prefix else ""  # self._path(), inlined
+        self._last_revision = 0
         self._mutex = threading.RLock()
         self._conn = self._connect(create=True)
         self._next_sweep = 0.0
@@ -159,7 +209,9 @@ class SQLiteStore(Store):
         self._dispatch_conn: sqlite3.Connection | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._dispatched = 0
+        self._dispatched = 0  # position in pykv_log up to which changes were delivered
+        self._registered = False
+        self._next_register = 0.0
         # keepalive of TTL keys and locks: one thread, started with the first of them
         self._ttls: set[float] = set()
         self._locks: set[_SQLiteLock] = set()
@@ -193,9 +245,7 @@ class SQLiteStore(Store):
                     if mode != "wal":
                         log.warning("%s: journal mode is %s, not wal", self.path, mode)
                     conn.executescript(_SCHEMA)
-                    version = conn.execute(
-                        "SELECT value FROM pykv_meta WHERE name = 'schema_version'"
-                    ).fetchone()[0]
+                    version = self._migrate(conn)
                     if version != SCHEMA_VERSION:
                         raise ConfigurationError(
                             f"{self._where()} has pykv schema {version}; this pykv reads "
@@ -206,6 +256,38 @@ class SQLiteStore(Store):
                 conn.close()
                 raise
         return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> int:
+        """Bring an older pykv file up to this schema; return the file's schema version."""
+        version: int = conn.execute(
+            "SELECT value FROM pykv_meta WHERE name = 'schema_version'"
+        ).fetchone()[0]
+        if version != 1:
+            return version
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute(
+                "SELECT value FROM pykv_meta WHERE name = 'schema_version'"
+            ).fetchone()[0]
+            if version == 1:
+                log.info("%s: migrating the pykv schema 1 -> 2", self.path)
+                for statement in filter(str.strip, _MIGRATE_1.split(";")):
+                    conn.execute(statement)
+                version = 2
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return version
+
+    def _revision(self) -> int:
+        """The next revision from this process's hybrid clock (microseconds; call it with
+        the mutex held). SQL raises it further when the key's history demands."""
+        rev = time.time_ns() // 1000
+        if rev <= self._last_revision:
+            rev = self._last_revision + 1
+        self._last_revision = rev
+        return rev
 
     @contextlib.contextmanager
     def _write_txn(self, what: str) -> Iterator[sqlite3.Connection]:
@@ -225,41 +307,46 @@ class SQLiteStore(Store):
         if now >= self._next_sweep:
             self._next_sweep = now + SWEEP_INTERVAL
             self._sweep(self._conn, self._mutex)
+            if now >= self._next_purge:
+                self._next_purge = now + PURGE_INTERVAL
+                with self._mutex:
+                    self._purge(self._conn)
 
     def _sweep(
         self, conn: sqlite3.Connection, mutex: contextlib.AbstractContextManager[object]
     ) -> None:
-        """Tombstone expired TTL keys (of dead processes) so watchers see them go."""
+        """Delete expired TTL keys (of dead processes) so watchers see them go, and expired
+        watcher registrations (of dead processes) so nobody logs for them."""
         with mutex, self._errors("sweep expired keys"):
             now = time.time()
             row = conn.execute(
                 "SELECT MIN(expires) FROM pykv_kv WHERE expires IS NOT NULL"
             ).fetchone()
-            if row[0] is None or row[0] > now:
-                return
-            conn.execute(
-                f"UPDATE pykv_kv SET {_TOMBSTONE}, revision = {_NEXT_REV} "
-                "WHERE expires IS NOT NULL AND expires <= ?",
-                (now,),
-            )
-        self._wake.set()
+            expired = row[0] is not None and row[0] <= now
+            if expired:
+                conn.execute(
+                    "DELETE FROM pykv_kv WHERE expires IS NOT NULL AND expires <= ?", (now,)
+                )
+            if conn.execute("SELECT 1 FROM pykv_watchers WHERE expires <= ?", (now,)).fetchone():
+                conn.execute("DELETE FROM pykv_watchers WHERE expires <= ?", (now,))
+        if expired:
+            self._wake.set()
 
     def _purge(self, conn: sqlite3.Connection) -> None:
-        """Forget old tombstones, remembering up to which revision history was dropped."""
-        with self._errors("purge tombstones"):
+        """Prune the change log, remembering up to which position it was dropped."""
+        with self._errors("prune the change log"):
             conn.execute("BEGIN IMMEDIATE")
             try:
-                top = conn.execute("SELECT COALESCE(MAX(revision), 0) FROM pykv_kv").fetchone()[0]
-                mark = top - TOMBSTONE_HISTORY
-                if mark > 0:
-                    cur = conn.execute(
-                        "DELETE FROM pykv_kv WHERE value IS NULL AND revision < ?", (mark,)
+                mark = conn.execute(_LOG_TOP).fetchone()[0] - LOG_HISTORY
+                if (
+                    mark > 0
+                    and conn.execute("SELECT 1 FROM pykv_log WHERE seq < ?", (mark,)).fetchone()
+                ):
+                    conn.execute("DELETE FROM pykv_log WHERE seq < ?", (mark,))
+                    conn.execute(
+                        "UPDATE pykv_meta SET value = MAX(value, ?) WHERE name = 'log_pruned'",
+                        (mark - 1,),
                     )
-                    if cur.rowcount:
-                        conn.execute(
-                            "UPDATE pykv_meta SET value = MAX(value, ?) WHERE name = 'compacted'",
-                            (mark,),
-                        )
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -270,7 +357,7 @@ class SQLiteStore(Store):
     def _get(self, key: str) -> KVPair:
         try:  # not a context manager: this is the hottest path
             with self._mutex:
-                row = self._conn.execute(_GET, (self._path(key), time.time())).fetchone()
+                row = self._conn.execute(_GET, (self._head + key, time.time())).fetchone()
         except sqlite3.Error as exc:
             raise_mapped(self, exc, "get", key)
         if row is None:
@@ -295,7 +382,9 @@ class SQLiteStore(Store):
         owner, ttl_, expires = self._owner_fields(ttl)
         try:
             with self._mutex:
-                self._conn.execute(_PUT, (self._path(key), value, owner, ttl_, expires))
+                self._conn.execute(
+                    _PUT, (self._head + key, value, self._revision(), owner, ttl_, expires)
+                )
         except sqlite3.Error as exc:
             raise_mapped(self, exc, "put", key)
         self._notify()
@@ -308,11 +397,7 @@ class SQLiteStore(Store):
     def _delete(self, key: str) -> None:
         self._maybe_sweep()
         with self._mutex, self._errors(f"delete {key!r}"):
-            self._conn.execute(
-                f"UPDATE pykv_kv SET {_TOMBSTONE}, revision = {_NEXT_REV} "
-                "WHERE path = ? AND value IS NOT NULL",
-                (self._path(key),),
-            )
+            self._conn.execute("DELETE FROM pykv_kv WHERE path = ?", (self._path(key),))
         self._wake.set()
 
     def _list(self, prefix: str) -> list[KVPair]:
@@ -339,15 +424,11 @@ class SQLiteStore(Store):
             if base:
                 lo = base + "/"
                 self._conn.execute(
-                    f"UPDATE pykv_kv SET {_TOMBSTONE}, revision = {_NEXT_REV} "
-                    "WHERE value IS NOT NULL AND (path = ? OR (path >= ? AND path < ?))",
+                    "DELETE FROM pykv_kv WHERE path = ? OR (path >= ? AND path < ?)",
                     (base, lo, _upper(lo)),
                 )
             else:
-                self._conn.execute(
-                    f"UPDATE pykv_kv SET {_TOMBSTONE}, revision = {_NEXT_REV} "
-                    "WHERE value IS NOT NULL"
-                )
+                self._conn.execute("DELETE FROM pykv_kv")
         self._wake.set()
 
     def _current(self, conn: sqlite3.Connection, path: str) -> tuple[bytes, int] | None:
@@ -376,7 +457,7 @@ class SQLiteStore(Store):
         owner, ttl_, expires = self._owner_fields(ttl)
         with self._write_txn(f"atomic_put {key!r}") as conn:
             self._check_previous(key, self._current(conn, path), previous)
-            conn.execute(_PUT, (path, value, owner, ttl_, expires))
+            conn.execute(_PUT, (path, value, self._revision(), owner, ttl_, expires))
             revision = conn.execute(
                 "SELECT revision FROM pykv_kv WHERE path = ?", (path,)
             ).fetchone()[0]
@@ -386,9 +467,7 @@ class SQLiteStore(Store):
         path = self._path(key)
         with self._write_txn(f"atomic_delete {key!r}") as conn:
             self._check_previous(key, self._current(conn, path), previous)
-            conn.execute(
-                f"UPDATE pykv_kv SET {_TOMBSTONE}, revision = {_NEXT_REV} WHERE path = ?", (path,)
-            )
+            conn.execute("DELETE FROM pykv_kv WHERE path = ?", (path,))
 
     # -- watches ---------------------------------------------------------------------------
 
@@ -397,31 +476,48 @@ class SQLiteStore(Store):
 
     def _ensure_dispatcher(self) -> sqlite3.Connection:
         """Start the dispatcher (with the dispatch lock held); return its connection."""
+        if self._dispatch_conn is None:
+            self._dispatch_conn = self._connect()
+        if not self._registered:
+            self._register(self._dispatch_conn)
         if self._dispatcher is None:
-            conn = self._connect()
-            with self._errors("start watching"):
-                self._dispatched = conn.execute(
-                    "SELECT COALESCE(MAX(revision), 0) FROM pykv_kv"
-                ).fetchone()[0]
-            self._dispatch_conn = conn
             self._dispatcher = threading.Thread(
                 target=self._dispatch_loop, name=f"pykv-sqlite-watch-{self.path}", daemon=True
             )
             self._dispatcher.start()
-        assert self._dispatch_conn is not None
         return self._dispatch_conn
+
+    def _register(self, conn: sqlite3.Connection) -> bool:
+        """Register (or renew) this store as a watcher, so that writers log their changes;
+        return False if the registration had lapsed (changes may have gone unlogged). The
+        change-stream position is taken after registering: later commits are all logged."""
+        with self._errors("register a watcher"):
+            expires = time.time() + WATCHER_TTL
+            renewed = conn.execute(
+                "UPDATE pykv_watchers SET expires = ? WHERE id = ?", (expires, self._id)
+            ).rowcount
+            if not renewed:
+                conn.execute("INSERT INTO pykv_watchers VALUES (?, ?)", (self._id, expires))
+                self._dispatched = conn.execute(_LOG_TOP).fetchone()[0]
+        self._registered = True
+        self._next_register = time.monotonic() + WATCHER_TTL / 6
+        return bool(renewed)
+
+    def _unregister(self, conn: sqlite3.Connection) -> None:
+        """Stop the change log for this store's sake (nothing is watched any more)."""
+        with self._errors("unregister a watcher"):
+            conn.execute("DELETE FROM pykv_watchers WHERE id = ?", (self._id,))
+        self._registered = False
 
     @contextlib.contextmanager
     def _snapshot(self) -> Iterator[tuple[sqlite3.Connection, int]]:
-        """A read transaction on the dispatcher's connection, with its revision."""
+        """A read transaction on the dispatcher's connection, with its change-stream position."""
         with self._dispatch_lock:
             conn = self._ensure_dispatcher()
             with self._errors("watch"):
                 conn.execute("BEGIN")
                 try:
-                    rev = conn.execute("SELECT COALESCE(MAX(revision), 0) FROM pykv_kv").fetchone()[
-                        0
-                    ]
+                    rev = conn.execute(_LOG_TOP).fetchone()[0]
                     yield conn, rev
                 finally:
                     conn.execute("COMMIT")
@@ -468,6 +564,7 @@ class SQLiteStore(Store):
         assert conn is not None
         data_version = -1
         next_sweep = 0.0
+        idle_since: float | None = None
         interval = self.options.poll_interval
         while not self._stop.is_set():
             woken = self._wake.wait(interval)
@@ -483,6 +580,19 @@ class SQLiteStore(Store):
                         if now >= self._next_purge:
                             self._next_purge = now + PURGE_INTERVAL
                             self._purge(conn)
+                    if not self._registered:
+                        continue
+                    if self._hub.active:
+                        idle_since = None
+                    elif idle_since is None:
+                        idle_since = now
+                    elif now - idle_since > IDLE_UNREGISTER:
+                        self._unregister(conn)  # writers stop logging until the next watch
+                        continue
+                    if now >= self._next_register and not self._register(conn):
+                        log.warning("%s: the watch registration had lapsed; re-reading", self)
+                        self._resync(conn)
+                        continue
                     version = conn.execute("PRAGMA data_version").fetchone()[0]
                     if not woken and version == data_version:
                         continue
@@ -496,38 +606,43 @@ class SQLiteStore(Store):
                 self._hub.fail_all(UnavailableError(f"watching {self} failed: {exc}"))
                 return
 
+    def _resync(self, conn: sqlite3.Connection) -> None:
+        """Re-read every watched key and tree and deliver what changed (the log is no help)."""
+        with self._errors("re-read watched keys"):
+            conn.execute("BEGIN")
+            try:
+                top = conn.execute(_LOG_TOP).fetchone()[0]
+                self._hub.resync(
+                    lambda p: self._read_path(conn, p), lambda b: self._read_tree(conn, b), top
+                )
+                self._dispatched = top
+            finally:
+                conn.execute("COMMIT")
+
     def _dispatch_once(self, conn: sqlite3.Connection) -> None:
         with self._errors("read changes"):
             conn.execute("BEGIN")
             try:
-                compacted = conn.execute(
-                    "SELECT value FROM pykv_meta WHERE name = 'compacted'"
+                pruned = conn.execute(
+                    "SELECT value FROM pykv_meta WHERE name = 'log_pruned'"
                 ).fetchone()[0]
-                if compacted > self._dispatched:
-                    top = conn.execute("SELECT COALESCE(MAX(revision), 0) FROM pykv_kv").fetchone()[
-                        0
-                    ]
-                    self._hub.resync(
-                        lambda p: self._read_path(conn, p),
-                        lambda b: self._read_tree(conn, b),
-                        top,
-                    )
-                    self._dispatched = top
-                    return
                 rows = conn.execute(
-                    "SELECT revision, path, value, expires FROM pykv_kv WHERE revision > ? "
-                    "ORDER BY revision",
+                    "SELECT seq, revision, path, value, expires FROM pykv_log WHERE seq > ? "
+                    "ORDER BY seq",
                     (self._dispatched,),
                 ).fetchall()
             finally:
                 conn.execute("COMMIT")
+        if pruned > self._dispatched:  # fell behind the pruned part of the log
+            self._resync(conn)
+            return
         if not rows:
             return
         now = time.time()
         self._dispatched = rows[-1][0]
         self._hub.apply(
-            Change(rev, path, None if expires is not None and expires <= now else value)
-            for rev, path, value, expires in rows
+            Change(rev, path, None if expires is not None and expires <= now else value, seq)
+            for seq, rev, path, value, expires in rows
         )
 
     # -- TTL keepalive and locks -----------------------------------------------------------
@@ -590,11 +705,7 @@ class SQLiteStore(Store):
         try:
             if self._ttls:
                 with self._mutex, self._errors("close"):
-                    self._conn.execute(
-                        f"UPDATE pykv_kv SET {_TOMBSTONE}, revision = {_NEXT_REV} "
-                        "WHERE owner = ? AND value IS NOT NULL",
-                        (self._id,),
-                    )
+                    self._conn.execute("DELETE FROM pykv_kv WHERE owner = ?", (self._id,))
         finally:
             self._stop.set()
             self._wake.set()
@@ -606,6 +717,9 @@ class SQLiteStore(Store):
             with self._mutex:
                 self._conn.close()
             if self._dispatch_conn is not None:
+                if self._registered:
+                    with contextlib.suppress(PyKVError):  # else it expires by itself
+                        self._unregister(self._dispatch_conn)
                 self._dispatch_conn.close()
 
 
@@ -673,7 +787,7 @@ class _SQLiteLock(Lock):
                 "token = excluded.token, expires = excluded.expires",
                 (path, holder, token, expires),
             )
-            conn.execute(_PUT, (path, self.value, holder, self.ttl, expires))
+            conn.execute(_PUT, (path, self.value, store._revision(), holder, self.ttl, expires))
         self._holder, self._expires = holder, expires
         return token, 0.0
 
@@ -753,8 +867,4 @@ class _SQLiteLock(Lock):
                 "UPDATE pykv_locks SET holder = NULL, expires = NULL WHERE path = ? AND holder = ?",
                 (path, self._holder),
             )
-            conn.execute(
-                f"UPDATE pykv_kv SET {_TOMBSTONE}, revision = {_NEXT_REV} "
-                "WHERE path = ? AND owner = ? AND value IS NOT NULL",
-                (path, self._holder),
-            )
+            conn.execute("DELETE FROM pykv_kv WHERE path = ? AND owner = ?", (path, self._holder))

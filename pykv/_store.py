@@ -388,7 +388,8 @@ class Store(Closing, abc.ABC):
 
     def get(self, key: str) -> KVPair:
         """The key's value and revision. Raises :class:`~pykv.KeyNotFoundError`."""
-        self._check_open()
+        if self._closed:  # _check_open(), inlined on the hottest path
+            self._check_open()
         return self._get(normalize_key(key))
 
     def put(self, key: str, value: Value, *, ttl: float | None = None) -> None:
@@ -399,9 +400,9 @@ class Store(Closing, abc.ABC):
         :attr:`ttl_slack`) after the store is closed, its process dies or it loses the backend.
         A later plain ``put`` makes the key persistent again.
         """
-        self._check_open()
-        k, v = normalize_key(key), to_bytes(value)
-        self._put(k, v, _check_ttl(ttl))
+        if self._closed:
+            self._check_open()
+        self._put(normalize_key(key), to_bytes(value), None if ttl is None else _check_ttl(ttl))
 
     def delete(self, key: str) -> None:
         """Delete ``key``. Deleting a missing key is a no-op."""

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import pykv
+from pykv import _sqlite
 
 
 def test_locked_database_times_out_clearly_and_keeps_data(tmp_path: Path) -> None:
@@ -78,21 +79,25 @@ def test_relative_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert (tmp_path / "rel.db").exists()
 
 
-def test_tombstones_are_purged_and_watchers_resync(tmp_path: Path) -> None:
-    from pykv import _sqlite
+def last_event(watch: pykv.Watch[pykv.KVPair | None], quiet: float = 0.5) -> object:
+    """The last event before the watch has been quiet for ``quiet`` seconds."""
+    event: object = watch.get(timeout=5)
+    while True:
+        try:
+            event = watch.get(timeout=quiet)
+        except TimeoutError:
+            return event
 
+
+def test_watchers_behind_the_pruned_log_resync(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/c.db"
     with pykv.open_store(url) as store, store.watch("w") as watch:
         assert watch.get(timeout=5) is None
         store.put("w", b"1")
         assert watch.get(timeout=5) is not None
         assert isinstance(store, _sqlite.SQLiteStore)
-        # simulate a dispatcher far behind: compact beyond what it has seen
+        # simulate a dispatcher far behind: the log was pruned beyond what it has seen
         with store._mutex:
-            store._conn.execute("UPDATE pykv_meta SET value = 1000000000 WHERE name = 'compacted'")
+            store._conn.execute("UPDATE pykv_meta SET value = 1000000000 WHERE name = 'log_pruned'")
         store.delete("w")
-        deadline = time.monotonic() + 5
-        event = watch.get(timeout=5)
-        while event is not None and time.monotonic() < deadline:
-            event = watch.get(timeout=5)
-        assert event is None
+        assert last_event(watch) is None
