@@ -103,9 +103,9 @@ def container_state(container: Mapping[str, Any]) -> str:
         return "stopped"
     if state.get("Paused"):
         return "paused"
-    health = state.get("Health")
-    if health:
-        status = health.get("Status")
+    # Podman reports {"Status": ""} for a container without a health check.
+    status = (state.get("Health") or {}).get("Status")
+    if status:
         if status == "healthy":
             return "published"
         return "unhealthy" if status == "unhealthy" else "starting"

@@ -272,6 +272,7 @@ def test_internal_ipv6_only_network_and_host_mode() -> None:
         ({"health": "starting"}, "starting"),
         ({"health": "unhealthy"}, "unhealthy"),
         ({"health": "healthy"}, "published"),
+        ({"health": ""}, "published"),  # Podman's way of saying "no health check"
     ],
 )
 def test_state_gates_publication(kwargs: dict[str, Any], state: str) -> None:
