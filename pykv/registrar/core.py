@@ -11,7 +11,8 @@ Threads
     * ``reconciler``: on (re)connect, on ``--resync`` and after the store comes back: queues a
       sync of every running or known container through the workers (so a sync never overtakes
       an event), waits for them, then diffs this node's entries in the store against what
-      should be there and writes only the difference.
+      should be there and writes only the difference. One TTL after the store came back it
+      diffs the store once more (an entry written under a dying session or lease may vanish).
     * ``ticker``: pings Docker (a silent dead stream is closed and reconnected), requests the
       periodic resync, and passes Consul catalog TTL checks.
 
@@ -20,7 +21,8 @@ Writes
     key only when its target differs. When the store fails (unavailable, time-out) the registrar
     marks itself dirty: workers keep updating the desired state without writing, and the
     reconciler retries with backoff, then rewrites every desired entry (TTL keys may have
-    expired meanwhile) and removes what should be gone.
+    expired meanwhile) and deletes every key it wrote that should be gone, listed or not (the
+    store may write its expired TTL keys again itself once it is back).
 """
 
 from __future__ import annotations
@@ -136,6 +138,7 @@ class Registrar:
         self._owners: dict[str, dict[str, Endpoint]] = {}  # key -> container id -> endpoint
         self._written: dict[str, str] = {}  # key -> JSON this process wrote
         self._dirty = False  # the store failed: the reconciler must rewrite everything
+        self._verify_at = 0.0  # when to check the store once more after it came back
         self._store_error = ""
         self._client: Any = None
         self._stream: Any = None
@@ -543,7 +546,11 @@ class Registrar:
                 if key in targets:
                     continue
                 if key in self._written or self.settings.cleanup:
-                    if key in present:
+                    # A key this process wrote is deleted even when the listing missed it: a
+                    # TTL key that expired during a store outage may be written again by the
+                    # store (a new lease or session) right after the listing, and only the
+                    # delete tells the store it is no longer wanted.
+                    if key in present or key in self._written:
                         self._delete(key)
                         deletes += 1
                     self._written.pop(key, None)
@@ -582,7 +589,12 @@ class Registrar:
                 if docker_too and not self._docker_sync():
                     self._docker_reconcile = True  # engine gone: the reconnect asks again
                     continue
+                recovering = self._dirty
                 self._store_sync(force=first or self._dirty)
+                if recovering and self._ttl is not None:
+                    # A TTL key written just as the store came back may still vanish with the
+                    # session or lease it was written under: check once that all stayed.
+                    self._verify_at = time.monotonic() + self._ttl + 1.0
                 self.metrics.reconciles.inc()
                 first = False
                 failures = 0
@@ -621,6 +633,9 @@ class Registrar:
             if self.settings.resync > 0 and now - last_resync >= self.settings.resync:
                 last_resync = now
                 self._request_reconcile(docker_too=True)
+            if self._verify_at and now >= self._verify_at:
+                self._verify_at = 0.0
+                self._request_reconcile(docker_too=False)
             if now - last_ping >= self.settings.ping_interval:
                 last_ping = now
                 self._ping()

@@ -556,34 +556,111 @@ def test_periodic_resync_repairs_the_store(world: World) -> None:
     assert world.wait_published(name, timeout=5) == [e]
 
 
-def test_store_unavailable_is_retried_and_caught_up(world: World, tmp_path: Path) -> None:
-    import sqlite3
+#: The compose service of each network store, and the options of the registrar's store there:
+#: calls time out fast, and ZooKeeper's session is as short as the TTL so that the outage
+#: expires it (its ephemeral entries vanish and must be re-created).
+_STORE_SERVICE = {"consul": "consul", "etcd": "etcd", "zookeeper": "zookeeper"}
+_OUTAGE_OPTIONS = {"sqlite": "timeout=0.5", "zookeeper": f"timeout=1&session_timeout={TTL:g}"}
+#: Longer than the TTL, Consul's session invalidation (2 x TTL/2), etcd's lease and
+#: ZooKeeper's session: every TTL entry of the registrar may be gone when the store returns.
+_OUTAGE = 2 * TTL + 1
 
-    url = f"{world.reg.store_url}?timeout=0.5"
-    world.reg.store_url = url
+
+@contextlib.contextmanager
+def store_outage(
+    world: World, store_kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[None]:
+    """The registrar's store unreachable inside the block, and serving again after it.
+
+    sqlite: another connection holds the database's write lock (every write times out).
+    Network stores: ``docker pause`` of the server's container (connections hang, new ones get
+    no answer); unpaused even on failure, and waited for until it serves again."""
+    if store_kind == "sqlite":
+        import sqlite3
+
+        blocker = sqlite3.connect(tmp_path / "registry.db", timeout=5, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            yield
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        return
+    servers = request.getfixturevalue("servers")
+    service = _STORE_SERVICE[store_kind]
+    container = servers.container(service)
+    container.pause()
+    try:
+        yield
+    finally:
+        container.reload()
+        if container.attrs["State"].get("Paused"):
+            container.unpause()
+        # Docker may count the probes of the paused container as failures ("unhealthy"):
+        # healthy again after the next probe that passes.
+        wait_for(lambda: servers.health(service) == "healthy", 30, f"{service} healthy again")
+        wait_for(lambda: _serves(world.reg.store_url), 30, f"{service} serving again")
+
+
+def _serves(url: str) -> bool:
+    """A fresh client can write, read and delete a key (the server is back, not just up)."""
+    key = f"probe-{uuid.uuid4().hex[:8]}"
+    try:
+        with pykv.open_store(url.split("?", 1)[0], timeout=2) as store:
+            store.put(key, b"x")
+            ok = store.get(key).value == b"x"
+            store.delete(key)
+            return ok
+    except pykv.PyKVError:
+        return False
+
+
+@pytest.mark.parametrize(
+    "store_kind",
+    [
+        "sqlite",
+        pytest.param("consul", marks=pytest.mark.consul),
+        pytest.param("etcd", marks=pytest.mark.etcd),
+        pytest.param("zookeeper", marks=pytest.mark.zookeeper),
+    ],
+    indirect=True,
+)
+def test_store_unavailable_is_retried_and_caught_up(
+    world: World, store_kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    world.reg.store_url += "?" + _OUTAGE_OPTIONS.get(store_kind, "timeout=1")
     stays = world.c.run("stays", "-p", "127.0.0.1::80")
     goes = world.c.run("goes", "-p", "127.0.0.1::80")
     world.reg.start("--ttl", str(TTL))
-    world.wait_published(stays)
+    [stays_ep] = world.wait_published(stays)
     world.wait_published(goes)
-    # Hold the database's write lock: every write of the registrar times out.
-    blocker = sqlite3.connect(tmp_path / "registry.db", timeout=5, isolation_level=None)
-    blocker.execute("BEGIN EXCLUSIVE")
-    try:
+    with store_outage(world, store_kind, request, tmp_path):
+        began = time.monotonic()
+        # Meanwhile: one container is born, one is removed; writing either fails.
         new = world.c.run("new", "-p", "127.0.0.1::80")
         _docker("rm", "-f", goes)
-        wait_for(lambda: world.reg.healthz().get("ok") is False, 10, "unhealthy store")
-        assert "store" in world.reg.healthz()["store"] or world.reg.healthz()["store"] != "ok"
-        time.sleep(TTL + 1)  # longer than the TTL: the keep-alive could not run either
-    finally:
-        blocker.execute("ROLLBACK")
-        blocker.close()
+        wait_for(lambda: world.reg.healthz().get("ok") is False, 10, "unhealthy store", world.reg)
+        assert world.reg.healthz()["store"].startswith("error: ")
+        assert world.reg.alive()
+        time.sleep(max(0.0, _OUTAGE - (time.monotonic() - began)))
     world.wait_published(new, timeout=15)
-    world.wait_published(stays, timeout=5)
     world.wait_gone(goes, timeout=5)
-    wait_for(lambda: world.reg.healthz().get("ok") is True, 10, "healthy again")
+    assert world.wait_published(stays, timeout=5) == [stays_ep]
+    wait_for(lambda: world.reg.healthz().get("ok") is True, 10, "healthy again", world.reg)
+    # Caught up for good: no late expiry of an entry written under a dying session or lease,
+    # no entry twice, nothing of the removed container.
+    time.sleep(TTL + 2)
+    assert sorted(e.container_name for e in world.mine()) == sorted([new, stays])
     assert world.reg.alive()
-    assert 'pykv_registrar_errors_total{kind="store"}' in world.reg.metrics()
+    assert world.reg.healthz().get("ok") is True
+    assert _metric(world.reg.metrics(), 'pykv_registrar_errors_total{kind="store"}') >= 1
+
+
+def _metric(text: str, series: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
 
 
 # -- the Docker engine going away -------------------------------------------------------------

@@ -32,32 +32,33 @@ TTL = 2.0
 HTTPD = ("httpd", "-f", "-p", "80", "-h", "/www")
 
 
+@contextlib.contextmanager
+def running(engine: PrivateDockerd | PodmanService, image: str) -> Iterator[Engine]:
+    """``engine`` started, holding ``image``, closed (with all it ran) at the end."""
+    try:
+        engine.start()
+        engine.load(image)
+        yield engine
+    except HarnessError as exc:
+        pytest.fail(f"{type(engine).__name__}: {exc}", pytrace=False)
+    finally:
+        engine.close()
+
+
 @pytest.fixture(scope="module")
 def private_dockerd(busybox_image: str) -> Iterator[PrivateDockerd]:
     """A second dockerd holding the busybox image, started once for this module."""
     engine = PrivateDockerd()
-    try:
-        engine.start()
-        engine.load(busybox_image)
+    with running(engine, busybox_image):
         yield engine
-    except HarnessError as exc:
-        pytest.fail(f"private dockerd: {exc}", pytrace=False)
-    finally:
-        engine.close()
 
 
 @pytest.fixture(scope="module")
 def podman(busybox_image: str) -> Iterator[PodmanService]:
     """``podman system service`` holding the busybox image, started once for this module."""
     service = PodmanService()
-    try:
-        service.start()
-        service.load(busybox_image)
+    with running(service, busybox_image):
         yield service
-    except HarnessError as exc:
-        pytest.fail(f"podman service: {exc}", pytrace=False)
-    finally:
-        service.close()
 
 
 class Setup:

@@ -39,6 +39,11 @@ Capabilities
     * TTL keys are held by a session with ``Behavior=delete``, one per TTL value per store
       (not one per key; one session cannot serve two TTLs), renewed every third of its TTL by
       one background thread and destroyed by ``close()``, which deletes the keys at once.
+      If Consul invalidates the session anyway (the store was cut off for longer than the
+      TTL), a new session is created and the store's TTL keys are written again, unless
+      someone wrote them meanwhile; their values are kept in memory for that (as on etcd and
+      ZooKeeper). A key this store deletes meanwhile stays deleted, even if the delete races
+      the write; while Consul cannot be reached, a background thread retries every 0.5 s.
     * A lock is its key, holding the lock's value, acquired with a session of its own (two
       Lock objects of one store must exclude each other; a session re-acquires what it holds).
       The fencing token is the key's ModifyIndex at acquisition. Release destroys the session

@@ -123,6 +123,14 @@ class ConsulStore(Store):
         self._ttl_sessions: dict[float, _Session] = {}
         self._sessions: set[_Session] = set()
         self._session_ttl_min = 0.0  # learnt from the server when it refuses a shorter TTL
+        # This store's TTL keys (Consul path -> (ttl, value)), written again when Consul
+        # invalidates their session while the store is open (see _recreate_loop); the keys
+        # still to write, and re-created keys this store deleted meanwhile (path -> index).
+        self._ttl_keys: dict[str, tuple[float, bytes]] = {}
+        self._missing: set[str] = set()
+        self._undo: dict[str, int] = {}
+        self._recreator: threading.Thread | None = None
+        self._recreate_wake = threading.Event()
         self._renewer: threading.Thread | None = None
         self._renew_wake = threading.Event()
         self._threads: set[threading.Thread] = set()
@@ -193,12 +201,18 @@ class ConsulStore(Store):
                     {"Verb": "lock", "Key": path, "Value": b64(value), "Session": session.id}
                 )
             try:
-                return self._transport.txn(what, ops, idempotent=not guards)
+                results = self._transport.txn(what, ops, idempotent=not guards)
             except TxnFailed as exc:
                 if ttl is not None and attempt == 1 and _session_invalid(exc):
                     self._forget_ttl_session(ttl, "it was invalidated")
                     continue
                 raise
+            with self._mutex:
+                if ttl is None:
+                    self._ttl_keys.pop(path, None)
+                else:
+                    self._ttl_keys[path] = (ttl, value)
+            return results
         raise AssertionError("unreachable")
 
     def _put(self, key: str, value: bytes, ttl: float | None) -> None:
@@ -209,6 +223,10 @@ class ConsulStore(Store):
 
     def _delete(self, key: str) -> None:
         path = self._path(key)
+        # Forgotten before the delete is sent, so that a re-creation after the TTL session was
+        # invalidated cannot outlive it (see _recreate).
+        with self._mutex:
+            self._ttl_keys.pop(path, None)
         self._call(f"delete {key!r}", lambda c: c.kv.delete(path))
 
     def _list(self, prefix: str) -> list[KVPair]:
@@ -221,6 +239,9 @@ class ConsulStore(Store):
         ops: list[dict[str, Any]] = [{"Verb": "delete-tree", "Key": base}]
         if prefix:
             ops.insert(0, {"Verb": "delete", "Key": self._path(prefix)})
+        with self._mutex:  # before the delete, as in _delete
+            for path in [p for p in self._ttl_keys if p.startswith(base) or p == base[:-1]]:
+                del self._ttl_keys[path]
         try:
             self._transport.txn(f"delete_tree {prefix!r}", ops, idempotent=True)
         except TxnFailed as exc:
@@ -262,10 +283,20 @@ class ConsulStore(Store):
             {"Verb": "check-index", "Key": path, "Index": previous.revision},
             {"Verb": "delete", "Key": path},
         ]
+        # Forgotten before the delete is sent, as in _delete; remembered again if nothing
+        # was deleted.
+        with self._mutex:
+            tracked = self._ttl_keys.pop(path, None)
         try:
-            self._transport.txn(f"atomic_delete {key!r}", ops, idempotent=False)
-        except TxnFailed as exc:
-            raise self._cas_failed(key, previous, exc) from exc
+            try:
+                self._transport.txn(f"atomic_delete {key!r}", ops, idempotent=False)
+            except TxnFailed as exc:
+                raise self._cas_failed(key, previous, exc) from exc
+        except BaseException:
+            if tracked is not None:
+                with self._mutex:
+                    self._ttl_keys.setdefault(path, tracked)
+            raise
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -346,13 +377,109 @@ class ConsulStore(Store):
             if session is not None:
                 session.lost = True
                 self._sessions.discard(session)
+                lost = {path for path, (t, _) in self._ttl_keys.items() if t == ttl}
+                self._missing |= lost
+                if lost and not self._closed:
+                    self._ensure_recreator()
+                    self._recreate_wake.set()
         if session is not None:
             log.warning(
-                "%s: the session of TTL keys (%g s) ended (%s); Consul deleted its keys",
+                "%s: the session of TTL keys (%g s) ended (%s); Consul deleted its keys; "
+                "writing them again",
                 self,
                 ttl,
                 reason,
             )
+
+    def _ensure_recreator(self) -> None:
+        """Called with ``_mutex`` held."""
+        if self._recreator is None:
+            self._recreator = threading.Thread(
+                target=self._recreate_loop, name=f"pykv-consul-recreate {self}", daemon=True
+            )
+            self._recreator.start()
+
+    def _recreate_loop(self) -> None:
+        """Writes the TTL keys of an invalidated session again (with a new session), unless
+        someone wrote them meanwhile; retries every 0.5 s while Consul cannot be reached."""
+        while not self._stop.is_set():
+            self._recreate_wake.wait(1.0)
+            self._recreate_wake.clear()
+            while not self._stop.is_set():
+                try:
+                    if not self._recreate_one():
+                        break
+                except PyKVError as exc:
+                    log.info("%s: could not write a TTL key again (%s); retrying", self, exc)
+                    self._stop.wait(0.5)
+                except Exception:  # the thread must outlive any surprise
+                    log.exception("%s: writing a TTL key again failed", self)
+                    self._stop.wait(0.5)
+
+    def _recreate_one(self) -> bool:
+        """Re-create (or undo the re-creation of) one key; False when nothing is left."""
+        with self._mutex:
+            if self._undo:
+                path, index = self._undo.popitem()
+                entry = None
+            elif self._missing:
+                path = self._missing.pop()
+                entry = self._ttl_keys.get(path)
+                if entry is None:
+                    return True  # deleted or rewritten without TTL by this store meanwhile
+            else:
+                return False
+        if entry is None:
+            self._undo_recreation(path, index)
+            return True
+        ttl, value = entry
+        try:
+            session = self._ttl_session(ttl)
+            ops = [
+                {"Verb": "check-not-exists", "Key": path},
+                {"Verb": "lock", "Key": path, "Value": b64(value), "Session": session.id},
+            ]
+            try:
+                results = self._transport.txn(f"re-create TTL key {path!r}", ops, idempotent=False)
+            except TxnFailed as exc:
+                if _session_invalid(exc):
+                    self._forget_ttl_session(ttl, "it was invalidated")
+                    raise UnavailableError(f"re-create {path!r} on {self}: {exc}") from exc
+                # The key exists: written by this store meanwhile (keep it), or by another
+                # client (theirs wins).
+                _, current = self._call(f"get {path!r}", lambda c: c.kv.get(path))
+                with self._mutex:
+                    if (
+                        current is not None
+                        and current.get("Session") != session.id
+                        and self._ttl_keys.get(path) is entry
+                    ):
+                        del self._ttl_keys[path]
+                return True
+        except BaseException:
+            with self._mutex:
+                if self._ttl_keys.get(path) is entry:
+                    self._missing.add(path)
+            raise
+        with self._mutex:
+            still_wanted = self._ttl_keys.get(path) is entry
+        if not still_wanted:
+            # This store deleted (or rewrote) the key while it was being re-created; its
+            # delete forgets the key before it is sent, so either the delete came after this
+            # write or the forgetting is seen here. Undo this write unless written again since.
+            self._undo_recreation(path, int(results[-1]["KV"]["ModifyIndex"]))
+        return True
+
+    def _undo_recreation(self, path: str, index: int) -> None:
+        ops = [{"Verb": "delete-cas", "Key": path, "Index": index}]
+        try:
+            self._transport.txn(f"undo the re-creation of {path!r}", ops, idempotent=True)
+        except TxnFailed:
+            pass  # written again since: not ours to delete
+        except BaseException:
+            with self._mutex:
+                self._undo[path] = index
+            raise
 
     def _ensure_renewer(self) -> None:
         if self._renewer is None:
@@ -643,6 +770,8 @@ class ConsulStore(Store):
         with self._mutex:
             sessions = list(self._sessions)
             self._ttl_sessions.clear()
+            self._ttl_keys.clear()
+            self._missing.clear()
         try:
             for session in sessions:  # Consul deletes the TTL keys and lock keys they hold
                 try:
@@ -658,6 +787,7 @@ class ConsulStore(Store):
         finally:
             self._stop.set()
             self._renew_wake.set()
+            self._recreate_wake.set()
             with self._mutex:
                 watches = list(self._watches)
             for watch in watches:
@@ -665,6 +795,7 @@ class ConsulStore(Store):
             with self._mutex:
                 threads = list(self._threads)
                 threads += [self._renewer] if self._renewer is not None else []
+                threads += [self._recreator] if self._recreator is not None else []
             # Watch threads end when their blocking query returns (<= MAX_WAIT s); a short
             # join keeps close() quick, and the threads are daemons.
             deadline = time.monotonic() + 1.0

@@ -30,7 +30,9 @@ Capabilities
     * TTL keys: one lease per store and TTL (whole seconds), kept alive by one background
       thread at a third of the TTL. If etcd expires the lease anyway (the store was cut off for
       longer than the TTL), a new lease is granted and the store's TTL keys are written again,
-      unless someone else wrote them meanwhile; their values are kept in memory for that.
+      unless someone else wrote them meanwhile; their values are kept in memory for that. A
+      key this store deletes meanwhile stays deleted, even if the delete races the write; keys
+      that could not be written yet are retried with each renewal.
       ``close()`` revokes the leases, so TTL keys vanish at once.
     * Watches read the current state and watch from the revision after that read (no gap).
       Each watch is a supervised gRPC stream: after a server restart, a leader change or an

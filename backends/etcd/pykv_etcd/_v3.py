@@ -466,6 +466,10 @@ class _Lease:
     expires: float = 0.0
     next_renewal: float = 0.0
     keys: dict[bytes, bytes] = field(default_factory=dict)
+    #: keys not yet written again after the lease was replaced (retried with each renewal)
+    missing: set[bytes] = field(default_factory=set)
+    #: re-created keys that this store deleted meanwhile, to delete again (key -> revision)
+    undo: dict[bytes, int] = field(default_factory=dict)
     locks: set[_EtcdLock] = field(default_factory=set)
 
 
@@ -568,8 +572,10 @@ class EtcdStore(Store):
 
     def _delete(self, key: str) -> None:
         path = self._key(key)
-        self._call(f"delete {key!r}", "DeleteRange", etcdrpc.DeleteRangeRequest(key=path))
+        # Forgotten before the delete is sent, so that a re-creation after a lease expiry
+        # cannot outlive it (see _recreate).
         self._forget(path)
+        self._call(f"delete {key!r}", "DeleteRange", etcdrpc.DeleteRangeRequest(key=path))
 
     def _list(self, prefix: str) -> list[KVPair]:
         start, end = self._tree_range(prefix)
@@ -588,8 +594,8 @@ class EtcdStore(Store):
             base = _b(self._path(prefix))
             ops.append(etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=base)))
             self._forget(base)
+        self._forget(start, end)  # before the delete, as in _delete
         self._call(f"delete_tree {prefix!r}", "Txn", etcdrpc.TxnRequest(success=ops))
-        self._forget(start, end)
 
     def _atomic_put(
         self, key: str, value: bytes, previous: KVPair | None, ttl: float | None
@@ -638,6 +644,21 @@ class EtcdStore(Store):
 
     def _atomic_delete(self, key: str, previous: KVPair) -> None:
         path = self._key(key)
+        # Forgotten before the delete is sent, as in _delete; remembered again if nothing
+        # was deleted.
+        with self._lease_lock:
+            tracked = [(lease, lease.keys.pop(path)) for lease in self._leases.values()
+                       if path in lease.keys]  # fmt: skip
+        try:
+            self._delete_if_unchanged(key, path, previous)
+        except BaseException:
+            with self._lease_lock:
+                for lease, value in tracked:
+                    if all(path not in other.keys for other in self._leases.values()):
+                        lease.keys[path] = value
+            raise
+
+    def _delete_if_unchanged(self, key: str, path: bytes, previous: KVPair) -> None:
         request = etcdrpc.TxnRequest(
             compare=[
                 etcdrpc.Compare(
@@ -655,7 +676,6 @@ class EtcdStore(Store):
         response = self._call(f"atomic_delete {key!r}", "Txn", request, conditional=True)
         if not response.succeeded:
             self._raise_conflict(key, previous, response)
-        self._forget(path)
 
     # -- watches ---------------------------------------------------------------------------
 
@@ -868,6 +888,7 @@ class EtcdStore(Store):
                         lease.expires = sent + ttl
                         lease.next_renewal = sent + max(0.2, lease.granted / 3)
                         self._check_locks(lease)
+                        self._recreate(lease)  # what a replacement could not write yet
                     else:
                         self._replace(lease, lease.id)
                 except PyKVError as exc:
@@ -905,22 +926,85 @@ class EtcdStore(Store):
                 lock._mark_lost("its etcd lease expired")
             lease.locks.clear()
             self._grant(lease)
-            keys = dict(lease.keys)
-        log.warning("the %d s lease of %s expired; re-creating %d keys", lease.ttl, self, len(keys))
-        for path, value in keys.items():
-            # Only where nobody wrote the key meanwhile.
+            lease.missing = set(lease.keys)
+        log.warning(
+            "the %d s lease of %s expired; re-creating %d keys", lease.ttl, self, len(lease.missing)
+        )
+        try:
+            self._recreate(lease)
+        except PyKVError as exc:  # the rest is retried after the next renewal
+            log.warning("re-creating the TTL keys of %s failed: %s; retrying", self, exc)
+
+    def _recreate(self, lease: _Lease) -> None:
+        """Write the TTL keys of ``lease`` that are missing since it was replaced, only where
+        nobody wrote them meanwhile. A failure leaves the rest for the next renewal."""
+        while True:
+            with self._lease_lock:
+                if lease.undo:
+                    path, revision = lease.undo.popitem()
+                    undo = True
+                elif lease.missing:
+                    path, undo = lease.missing.pop(), False
+                else:
+                    return
+            if undo:
+                self._undo_recreation(lease, path, revision)
+                continue
+            with self._lease_lock:
+                value = lease.keys.get(path)
+                lease_id = lease.id
+            if value is None:
+                continue  # deleted or rewritten without TTL by this store meanwhile
             request = etcdrpc.TxnRequest(
                 compare=[_absent(path)],
                 success=[
                     etcdrpc.RequestOp(
-                        request_put=etcdrpc.PutRequest(key=path, value=value, lease=lease.id)
+                        request_put=etcdrpc.PutRequest(key=path, value=value, lease=lease_id)
                     )
                 ],
+                failure=[
+                    etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=path, keys_only=True))
+                ],
             )
-            response = self._call("re-create a TTL key", "Txn", request)
-            if not response.succeeded:
+            try:
+                response = self._call("re-create a TTL key", "Txn", request)
+            except BaseException:
                 with self._lease_lock:
-                    lease.keys.pop(path, None)
+                    if lease.keys.get(path) is value:
+                        lease.missing.add(path)
+                raise
+            with self._lease_lock:
+                still_wanted = lease.keys.get(path) is value
+                if not response.succeeded:
+                    kvs = response.responses[0].response_range.kvs
+                    if still_wanted and not (kvs and kvs[0].lease == lease_id):
+                        del lease.keys[path]  # someone else wrote the key meanwhile: theirs
+            if response.succeeded and not still_wanted:
+                # This store deleted (or rewrote) the key while it was being re-created; its
+                # delete forgets the key before it is sent, so either the delete came after
+                # this write or the forgetting is seen here. Undo this write unless the key
+                # was written again since.
+                self._undo_recreation(lease, path, response.header.revision)
+
+    def _undo_recreation(self, lease: _Lease, path: bytes, revision: int) -> None:
+        """Delete ``path`` if it is still at ``revision``; retried with the next renewal."""
+        request = etcdrpc.TxnRequest(
+            compare=[
+                etcdrpc.Compare(
+                    key=path,
+                    target=etcdrpc.Compare.MOD,
+                    result=etcdrpc.Compare.EQUAL,
+                    mod_revision=revision,
+                )
+            ],
+            success=[etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=path))],
+        )
+        try:
+            self._call("undo the re-creation of a TTL key", "Txn", request)
+        except BaseException:
+            with self._lease_lock:
+                lease.undo[path] = revision
+            raise
 
     # -- locks -----------------------------------------------------------------------------
 

@@ -41,7 +41,8 @@ Capabilities
       ``session_timeout`` after the last heartbeat. Choose ``session_timeout`` no longer than
       the shortest ttl you need. If the session expires while the store is open (a long
       partition), pykv keeps the values of its TTL keys in memory and writes them again as
-      soon as a new session is established (unless another client wrote the key meanwhile).
+      soon as a new session is established (unless another client wrote the key meanwhile;
+      a key this store deletes meanwhile stays deleted, even if the delete races the write).
       A plain ``put`` makes a key persistent again (delete and re-create in one transaction).
     * Ephemeral nodes cannot have children. ``put(key, ..., ttl=)`` (and ``lock``) on a key
       that has children, and writing below a TTL key, raise :class:`~pykv.NotSupportedError`.

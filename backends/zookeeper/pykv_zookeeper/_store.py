@@ -634,18 +634,27 @@ class ZooKeeperStore(Store):
 
     def _atomic_delete(self, key: str, previous: KVPair) -> None:
         path = self._abs(key)
+        # Untracked before the delete is sent, like in _delete, so that a re-creation after a
+        # new session cannot outlive it (see _recreate); tracked again if nothing was deleted.
+        with self._mutex:
+            tracked = self._ephemeral.pop(path, None)
         with self._errors(f"atomic_delete {key!r}"):
             deadline = self._deadline()
-            stat = self._check(key, path, previous, deadline)
             try:
-                self._wait(self._client.delete_async(path, stat.version), deadline)
-            except NotEmptyError:
-                self._make_directory(path, stat.version, deadline)
-            except BadVersionError:
-                raise KeyModifiedError(f"{key!r} was modified concurrently in {self}") from None
-            except NoNodeError:
-                raise KeyNotFoundError(f"{key!r} not found in {self}") from None
-            self._track(path, None)
+                stat = self._check(key, path, previous, deadline)
+                try:
+                    self._wait(self._client.delete_async(path, stat.version), deadline)
+                except NotEmptyError:
+                    self._make_directory(path, stat.version, deadline)
+                except BadVersionError:
+                    raise KeyModifiedError(f"{key!r} was modified concurrently in {self}") from None
+                except NoNodeError:
+                    raise KeyNotFoundError(f"{key!r} not found in {self}") from None
+            except BaseException:
+                if tracked is not None:
+                    with self._mutex:
+                        self._ephemeral.setdefault(path, tracked)
+                raise
             self._prune_parents(path, deadline)
 
     # -- sessions ----------------------------------------------------------------------------
@@ -732,7 +741,7 @@ class ZooKeeperStore(Store):
     def _recreate(self, path: str, value: bytes) -> None:
         deadline = self._deadline()
         try:
-            self._create(path, value, deadline, ephemeral=True)
+            _, stat = self._create(path, value, deadline, ephemeral=True)
         except NodeExistsError:
             found = self._read(path, deadline)
             if found is not None and found[1].ephemeralOwner != self._session_id:
@@ -740,6 +749,16 @@ class ZooKeeperStore(Store):
                 with self._mutex:
                     if self._ephemeral.get(path) is value:
                         del self._ephemeral[path]
+            return
+        with self._mutex:
+            still_wanted = self._ephemeral.get(path) is value
+        if not still_wanted:
+            # This store deleted (or rewrote) the key while it was being re-created: the
+            # delete untracks before it is sent and a session runs its requests in order, so
+            # either the delete came after the create, or the untracking is seen here. Undo
+            # the create unless the key was written again since.
+            with contextlib.suppress(NoNodeError, BadVersionError, NotEmptyError):
+                self._wait(self._client.delete_async(path, stat.version), deadline)
 
     # -- watches -----------------------------------------------------------------------------
 
