@@ -60,7 +60,7 @@ from ._errors import (
 )
 from ._hub import Change, WatchHub
 from ._options import StoreOptions
-from ._store import Capability, KVPair, Lock, Store, Watch
+from ._store import Capability, KVPair, Lock, Store, Watch, new_pair
 from ._url import StoreURL
 
 __all__ = ["SQLiteOptions", "SQLiteStore"]
@@ -362,7 +362,7 @@ class SQLiteStore(Store):
             raise_mapped(self, exc, "get", key)
         if row is None:
             raise KeyNotFoundError(f"{key!r} not found in {self}")
-        return KVPair(key, row[0], row[1])
+        return new_pair(key, row[0], row[1])
 
     def _exists(self, key: str) -> bool:
         with self._mutex, self._errors(f"exists {key!r}"):
@@ -416,7 +416,7 @@ class SQLiteStore(Store):
                     (time.time(),),
                 ).fetchall()
         rel = self._strip()
-        return [KVPair(p[rel:], v, r) for p, v, r in rows]
+        return [new_pair(p[rel:], v, r) for p, v, r in rows]
 
     def _delete_tree(self, prefix: str) -> None:
         base = self._path(prefix)

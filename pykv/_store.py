@@ -69,6 +69,22 @@ class KVPair:
     revision: int
 
 
+_new_object = object.__new__
+_set_key = vars(KVPair)["key"].__set__
+_set_value = vars(KVPair)["value"].__set__
+_set_revision = vars(KVPair)["revision"].__set__
+
+
+def new_pair(key: str, value: bytes, revision: int) -> KVPair:
+    """``KVPair(key, value, revision)`` without the frozen dataclass's ``__init__`` (which
+    sets each field through ``object.__setattr__``): a third faster, for drivers' hot paths."""
+    pair: KVPair = _new_object(KVPair)
+    _set_key(pair, key)
+    _set_value(pair, value)
+    _set_revision(pair, revision)
+    return pair
+
+
 class Capability(str, enum.Enum):
     """What a backend can do. Declared by each store class; checked by ``open_store(require=)``.
 

@@ -120,3 +120,18 @@ def test_lock_and_watch_argument_checks() -> None:
             store.put("k", 3)  # type: ignore[arg-type]
         with pytest.raises(TypeError):
             store.atomic_put("k", b"v", "rev")  # type: ignore[arg-type]
+
+
+def test_new_pair_is_a_plain_frozen_kvpair() -> None:
+    import dataclasses
+
+    from pykv._store import new_pair
+
+    fast, slow = new_pair("a/b", b"v", 7), pykv.KVPair("a/b", b"v", 7)
+    assert type(fast) is pykv.KVPair
+    assert fast == slow
+    assert hash(fast) == hash(slow)
+    assert repr(fast) == repr(slow)
+    assert dataclasses.asdict(fast) == {"key": "a/b", "value": b"v", "revision": 7}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.key = "x"  # type: ignore[misc]
