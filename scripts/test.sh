@@ -11,7 +11,13 @@ step() { printf '\n== %s (%ss)\n' "$*" "$((SECONDS - started))"; }
 step "python environment"
 export UV_PYTHON_DOWNLOADS=never
 if ! command -v uv >/dev/null 2>&1; then
-    python3 -m pip install --quiet --disable-pip-version-check 'uv>=0.5'
+    # uv in a virtual environment of its own: Debian's python3 refuses pip installs outside one
+    tools=${XDG_CACHE_HOME:-$HOME/.cache}/pykv/tools
+    if [[ ! -x $tools/bin/uv ]]; then
+        python3 -m venv "$tools"
+        "$tools/bin/python" -m pip install --quiet --disable-pip-version-check 'uv>=0.5'
+    fi
+    export PATH="$tools/bin:$PATH"
 fi
 uv sync --all-packages --all-extras --quiet
 
