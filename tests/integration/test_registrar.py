@@ -1,8 +1,8 @@
 """pykv-registrar against the real Docker engine, publishing into a pykv store.
 
 Every test runs the registrar as a subprocess (``python -m pykv.registrar``) with its own node
-name and key prefix, on a store shared with the test: a sqlite file, and for the tests marked
-``@on_every_store`` also the Consul, etcd and ZooKeeper servers of the harness. It drives
+name and key prefix, on a store shared with the test: every test runs on a sqlite file and on
+the Consul, etcd and ZooKeeper servers of the harness (``@on_every_store``). It drives
 locally built busybox containers with the docker CLI. Containers (and networks) carry the
 label ``pykv.test=1`` and the harness's session label and are removed at the end; ports are
 published on 127.0.0.1 only.
@@ -274,6 +274,7 @@ def test_names_ids_tags_metadata_and_published_port(world: World) -> None:
     assert 'pykv_registrar_events_total{action="start"}' in world.reg.metrics()
 
 
+@on_every_store
 def test_ipv6_host_binding(world: World) -> None:
     world.reg.start("--ttl", str(TTL))
     name = world.c.run("v6", "-p", "[::1]::80")
@@ -281,6 +282,7 @@ def test_ipv6_host_binding(world: World) -> None:
     assert (e.address, e.port) == ("::1", world.c.host_port(name, "80/tcp"))
 
 
+@on_every_store
 def test_several_ports_udp_and_port_specific_names(world: World) -> None:
     world.reg.start("--ttl", str(TTL))
     name = world.c.run(
@@ -302,6 +304,7 @@ def test_several_ports_udp_and_port_specific_names(world: World) -> None:
     ]
 
 
+@on_every_store
 def test_unpublished_container_gets_nothing_without_internal(world: World) -> None:
     world.reg.start("--ttl", str(TTL))
     hidden = world.c.run("hidden", "--expose", "9000")
@@ -311,6 +314,7 @@ def test_unpublished_container_gets_nothing_without_internal(world: World) -> No
     assert world.of(hidden) == []
 
 
+@on_every_store
 def test_ignore_is_boolean_and_labels_win_over_env(world: World) -> None:
     world.reg.start("--ttl", str(TTL))
     ignored = world.c.run("ign", "-p", "127.0.0.1::80", "-e", "SERVICE_IGNORE=true")
@@ -327,6 +331,7 @@ def test_ignore_is_boolean_and_labels_win_over_env(world: World) -> None:
     assert world.of(ignored) == []
 
 
+@on_every_store
 def test_explicit_publishes_only_named_services(world: World) -> None:
     world.reg.start("--ttl", str(TTL), "--explicit")
     anonymous = world.c.run("anon", "-p", "127.0.0.1::80")
@@ -337,6 +342,7 @@ def test_explicit_publishes_only_named_services(world: World) -> None:
     assert world.of(anonymous) == []
 
 
+@on_every_store
 def test_internal_publishes_container_ip_on_a_chosen_network(world: World) -> None:
     net = world.c.network("net")
     world.reg.start("--ttl", str(TTL), "--internal", "--network", net)
@@ -347,6 +353,7 @@ def test_internal_publishes_container_ip_on_a_chosen_network(world: World) -> No
     assert {e.service for e in eps} == {"pykv-busybox-80", "pykv-busybox-9000"}
 
 
+@on_every_store
 def test_internal_default_network_is_the_first_by_name(world: World) -> None:
     world.reg.start("--ttl", str(TTL), "--internal")
     net = world.c.network("znet")  # sorts after "bridge"
@@ -361,6 +368,7 @@ def test_internal_default_network_is_the_first_by_name(world: World) -> None:
 # -- events -------------------------------------------------------------------------------
 
 
+@on_every_store
 def test_health_check_gates_publication(world: World) -> None:
     world.reg.start("--ttl", str(TTL))
     name = world.c.run(
@@ -391,6 +399,7 @@ def test_pause_withdraws_and_unpause_republishes(world: World) -> None:
     assert world.wait_published(name) == [before]
 
 
+@on_every_store
 def test_rapid_events_of_one_container_end_in_its_final_state(world: World) -> None:
     world.reg.start("--ttl", str(TTL))
     name = world.c.run("rapid", "-p", "127.0.0.1::80")
@@ -425,6 +434,7 @@ def test_rename_republishes_under_the_new_id(world: World) -> None:
 _TRAPPING = ("sh", "-c", 'httpd -p 80 -h /www; trap "exit 0" TERM; while :; do sleep 0.1; done')
 
 
+@on_every_store
 @pytest.mark.parametrize("mode", ["always", "on-success"])
 def test_deregister_modes(world: World, mode: str) -> None:
     world.reg.start("--ttl", str(TTL), "--deregister", mode)
@@ -446,6 +456,7 @@ def test_deregister_modes(world: World, mode: str) -> None:
         world.wait_gone(failed)
 
 
+@on_every_store
 def test_stop_then_start_and_destroy(world: World) -> None:
     world.reg.start("--ttl", str(TTL))
     name = world.c.run("cycle", "-p", "127.0.0.1::80")
@@ -462,6 +473,7 @@ def test_stop_then_start_and_destroy(world: World) -> None:
 # -- reconciliation, TTL, restarts ----------------------------------------------------------
 
 
+@on_every_store
 def test_containers_running_before_start_are_published(world: World) -> None:
     names = [world.c.run(f"pre{i}", "-p", "127.0.0.1::80") for i in range(3)]
     world.reg.start("--ttl", str(TTL))
@@ -497,6 +509,7 @@ def test_sigkill_entries_vanish_within_ttl_and_restart_republishes(world: World)
     assert world.of(doomed) == []
 
 
+@on_every_store
 def test_quick_restart_reowns_entries_and_drops_dead_ones(world: World) -> None:
     """Restarted before the TTL ran out: the old process's entries are taken over (they
     outlive the old TTL) and a container removed meanwhile is gone by the TTL."""
@@ -512,6 +525,7 @@ def test_quick_restart_reowns_entries_and_drops_dead_ones(world: World) -> None:
     assert [e.container_name for e in world.mine()] == [keep]
 
 
+@on_every_store
 def test_cleanup_removes_ghosts_of_persistent_entries(world: World) -> None:
     keep = world.c.run("keep", "-p", "127.0.0.1::80")
     ghost = world.c.run("ghost", "-p", "127.0.0.1::80")
@@ -547,6 +561,7 @@ def test_sigterm_leaves_entries_to_the_ttl_unless_deregister_on_exit(world: Worl
     assert '"message": "stopped"' in world.reg.logs()
 
 
+@on_every_store
 def test_periodic_resync_repairs_the_store(world: World) -> None:
     name = world.c.run("resync", "-p", "127.0.0.1::80")
     world.reg.start("--ttl", str(TTL), "--resync", "1s")
@@ -762,6 +777,7 @@ def test_engine_connection_loss_reconnects_resumes_and_reconciles(
 # -- load -------------------------------------------------------------------------------------
 
 
+@on_every_store
 def test_many_containers_started_together_are_published(world: World) -> None:
     world.reg.start("--ttl", str(TTL))
     names = [world.c.name(f"m{i}") for i in range(30)]
