@@ -630,16 +630,7 @@ def _serves(url: str) -> bool:
         return False
 
 
-@pytest.mark.parametrize(
-    "store_kind",
-    [
-        "sqlite",
-        pytest.param("consul", marks=pytest.mark.consul),
-        pytest.param("etcd", marks=pytest.mark.etcd),
-        pytest.param("zookeeper", marks=pytest.mark.zookeeper),
-    ],
-    indirect=True,
-)
+@on_every_store
 def test_store_unavailable_is_retried_and_caught_up(
     world: World, store_kind: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:

@@ -123,6 +123,13 @@ def _absent(key: bytes, range_end: bytes | None = None) -> Any:
     )
 
 
+def _unchanged(key: bytes, revision: int) -> Any:
+    """A txn compare that holds when ``key`` was last modified at ``revision``."""
+    return etcdrpc.Compare(
+        key=key, target=etcdrpc.Compare.MOD, result=etcdrpc.Compare.EQUAL, mod_revision=revision
+    )
+
+
 def _range_end(prefix: bytes) -> bytes:
     """The range_end of every key starting with ``prefix`` (which ends in a byte < 0xff)."""
     return prefix[:-1] + bytes([prefix[-1] + 1])
@@ -602,15 +609,7 @@ class EtcdStore(Store):
     ) -> KVPair:
         path = self._key(key)
         lease = self._lease(ttl) if ttl is not None else None
-        if previous is None:
-            compare = _absent(path)
-        else:
-            compare = etcdrpc.Compare(
-                key=path,
-                target=etcdrpc.Compare.MOD,
-                result=etcdrpc.Compare.EQUAL,
-                mod_revision=previous.revision,
-            )
+        compare = _absent(path) if previous is None else _unchanged(path, previous.revision)
 
         def txn() -> Any:
             put = etcdrpc.PutRequest(key=path, value=value, lease=lease.id if lease else 0)
@@ -660,14 +659,7 @@ class EtcdStore(Store):
 
     def _delete_if_unchanged(self, key: str, path: bytes, previous: KVPair) -> None:
         request = etcdrpc.TxnRequest(
-            compare=[
-                etcdrpc.Compare(
-                    key=path,
-                    target=etcdrpc.Compare.MOD,
-                    result=etcdrpc.Compare.EQUAL,
-                    mod_revision=previous.revision,
-                )
-            ],
+            compare=[_unchanged(path, previous.revision)],
             success=[etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=path))],
             failure=[
                 etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=path, keys_only=True))
@@ -989,14 +981,7 @@ class EtcdStore(Store):
     def _undo_recreation(self, lease: _Lease, path: bytes, revision: int) -> None:
         """Delete ``path`` if it is still at ``revision``; retried with the next renewal."""
         request = etcdrpc.TxnRequest(
-            compare=[
-                etcdrpc.Compare(
-                    key=path,
-                    target=etcdrpc.Compare.MOD,
-                    result=etcdrpc.Compare.EQUAL,
-                    mod_revision=revision,
-                )
-            ],
+            compare=[_unchanged(path, revision)],
             success=[etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=path))],
         )
         try:
