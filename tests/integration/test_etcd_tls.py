@@ -1,5 +1,6 @@
-"""The etcd v3 store over TLS with client certificates, against an etcd this module starts
-(certificates made with openssl; etcd on 127.0.0.1:22601)."""
+"""The etcd stores — v3 (``etcd://``) and v2 (``etcd2://``) — over TLS with client certificates,
+against one etcd this module starts (certificates made with openssl; etcd with --enable-v2 on
+127.0.0.1:22601, serving both APIs)."""
 
 from __future__ import annotations
 
@@ -17,17 +18,20 @@ pytestmark = [pytest.mark.integration, pytest.mark.etcd]
 
 PORT = 22601
 
+both_apis = pytest.mark.parametrize("scheme", ["etcd", "etcd2"])
+
 
 @pytest.fixture(scope="module")
 def tls_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    with start_tls_etcd(tmp_path_factory.mktemp("etcd-tls"), PORT, "etcd", enable_v2=False) as d:
+    with start_tls_etcd(tmp_path_factory.mktemp("etcd-tls"), PORT, "etcd2", enable_v2=True) as d:
         yield d
 
 
-def test_tls_with_client_certificate(tls_etcd: Path) -> None:
+@both_apis
+def test_tls_with_client_certificate(tls_etcd: Path, scheme: str) -> None:
     d = tls_etcd
     url = (
-        f"etcd+tls://127.0.0.1:{PORT}/pykv-test/{uuid.uuid4().hex[:12]}"
+        f"{scheme}+tls://127.0.0.1:{PORT}/pykv-test/{uuid.uuid4().hex[:12]}"
         f"?ca={d / 'ca.pem'}&cert={d / 'client.pem'}&key={d / 'client.key'}"
     )
     with pykv.open_store(url) as store:
@@ -42,10 +46,11 @@ def test_tls_with_client_certificate(tls_etcd: Path) -> None:
         store.delete_tree("")
 
 
-def test_tls_option_on_plain_scheme(tls_etcd: Path) -> None:
+@both_apis
+def test_tls_option_on_plain_scheme(tls_etcd: Path, scheme: str) -> None:
     d = tls_etcd
     with pykv.open_store(
-        f"etcd://127.0.0.1:{PORT}",
+        f"{scheme}://127.0.0.1:{PORT}",
         tls=True,
         ca=str(d / "ca.pem"),
         cert=str(d / "client.pem"),
@@ -54,37 +59,55 @@ def test_tls_option_on_plain_scheme(tls_etcd: Path) -> None:
         assert not store.exists(f"pykv-test/{uuid.uuid4().hex}")
 
 
-def test_untrusted_client_certificate_is_refused(tls_etcd: Path) -> None:
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+def test_verify_false_skips_the_server_check_on_v2(tls_etcd: Path) -> None:
     d = tls_etcd
+    with pykv.open_store(
+        f"etcd2+tls://127.0.0.1:{PORT}",
+        verify=False,
+        cert=str(d / "client.pem"),
+        key=str(d / "client.key"),
+        timeout=3,
+    ) as store:
+        assert not store.exists(f"pykv-test/{uuid.uuid4().hex}")
+
+
+@pytest.mark.parametrize(
+    ("scheme", "cert"), [("etcd", "other"), ("etcd2", "other"), ("etcd2", None)]
+)
+def test_untrusted_or_missing_client_certificate_is_refused(
+    tls_etcd: Path, scheme: str, cert: str | None
+) -> None:
+    d = tls_etcd
+    files = {} if cert is None else {"cert": str(d / f"{cert}.pem"), "key": str(d / f"{cert}.key")}
     with (
         pykv.open_store(
-            f"etcd+tls://127.0.0.1:{PORT}",
-            ca=str(d / "ca.pem"),
-            cert=str(d / "other.pem"),
-            key=str(d / "other.key"),
-            timeout=2,
+            f"{scheme}+tls://127.0.0.1:{PORT}", ca=str(d / "ca.pem"), timeout=2, **files
         ) as store,
         pytest.raises(pykv.UnavailableError),
     ):
         store.get("k")
 
 
-def test_server_from_an_unknown_ca_is_refused(tls_etcd: Path) -> None:
+@both_apis
+def test_server_from_an_unknown_ca_is_refused(tls_etcd: Path, scheme: str) -> None:
     d = tls_etcd
     with (
         pykv.open_store(
-            f"etcd+tls://127.0.0.1:{PORT}",
+            f"{scheme}+tls://127.0.0.1:{PORT}",
             ca=str(d / "other.pem"),
             cert=str(d / "client.pem"),
             key=str(d / "client.key"),
             timeout=2,
         ) as store,
-        pytest.raises(pykv.UnavailableError),
+        pytest.raises(pykv.UnavailableError) as info,
     ):
         store.get("k")
+    if scheme == "etcd2":
+        assert "TLS" in str(info.value)
 
 
-def test_tls_configuration_errors(tls_etcd: Path) -> None:
+def test_tls_configuration_errors_v3(tls_etcd: Path) -> None:
     d = tls_etcd
     with pytest.raises(pykv.ConfigurationError):
         pykv.open_store(f"etcd+tls://127.0.0.1:{PORT}?ca=/nonexistent/ca.pem")
@@ -92,3 +115,13 @@ def test_tls_configuration_errors(tls_etcd: Path) -> None:
         pykv.open_store(f"etcd+tls://127.0.0.1:{PORT}", cert=str(d / "client.pem"))
     with pytest.raises(pykv.ConfigurationError):
         pykv.open_store(f"etcd+tls://127.0.0.1:{PORT}", verify=False)
+
+
+def test_tls_configuration_errors_v2(tls_etcd: Path) -> None:
+    d = tls_etcd
+    with pytest.raises(pykv.ConfigurationError):
+        pykv.open_store(f"etcd2+tls://127.0.0.1:{PORT}?ca=/nonexistent/ca.pem")
+    with pytest.raises(pykv.ConfigurationError):
+        pykv.open_store(f"etcd2+tls://127.0.0.1:{PORT}", key=str(d / "client.key"))
+    with pytest.raises(pykv.ConfigurationError):
+        pykv.open_store(f"etcd2://127.0.0.1:{PORT}", ca=str(d / "ca.pem"))

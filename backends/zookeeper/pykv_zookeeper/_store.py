@@ -492,13 +492,6 @@ class ZooKeeperStore(Store):
                 pass
             parent = parent.rsplit("/", 1)[0]
 
-    def _exists(self, key: str) -> bool:
-        try:
-            self._get(key)
-        except KeyNotFoundError:
-            return False
-        return True
-
     def _walk(self, base: str, deadline: float) -> list[tuple[str, bytes | None, Any]]:
         """Every node strictly below ``base``: (path, data, stat), level by level, pipelined."""
         out: list[tuple[str, bytes | None, Any]] = []
