@@ -88,6 +88,29 @@ def rate(fn: Callable[[int], object], count: int) -> float:
     return count / (time.perf_counter() - start)
 
 
+def paired(
+    mine: Callable[[int], object],
+    theirs: Callable[[int], object],
+    count: int,
+    rounds: int,
+) -> tuple[float, float, float]:
+    """``rounds`` rounds of ``count`` calls of each side, alternating which goes first (the
+    server and the shared CPUs drift, so only rounds run side by side compare fairly).
+    Returns the median ops/s of each side and the median of the per-round ratios mine/theirs."""
+    a: list[float] = []
+    b: list[float] = []
+    ratios: list[float] = []
+    for i in range(rounds):
+        if i % 2:
+            y, x = rate(theirs, count), rate(mine, count)
+        else:
+            x, y = rate(mine, count), rate(theirs, count)
+        a.append(x)
+        b.append(y)
+        ratios.append(x / y)
+    return median(a), median(b), median(ratios)
+
+
 def best_rate(fn: Callable[[int], object], count: int, repeats: int = 3) -> float:
     """The best of several runs: the least disturbed by other work on the machine."""
     return max(rate(fn, count) for _ in range(repeats))

@@ -13,39 +13,23 @@ from __future__ import annotations
 
 import argparse
 import base64
-import statistics
+import os
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import consul
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import paired, percentile
 
 import pykv
 from pykv import StoreURL
 
 VALUE = b"x" * 64
-
-
-def rate(n: int, fn: Callable[[int], object]) -> float:
-    start = time.perf_counter()
-    for i in range(n):
-        fn(i)
-    return n / (time.perf_counter() - start)
-
-
-def rounds(k: int, ours: Callable[[], float], raw: Callable[[], float]) -> tuple[float, float]:
-    a, b = [], []
-    for _ in range(k):
-        a.append(ours())
-        b.append(raw())
-    return statistics.median(a), statistics.median(b)
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def watch_latency_pykv(store: pykv.Store, n: int) -> list[float]:
@@ -107,17 +91,19 @@ def main() -> None:
     store = pykv.open_store(args.url, prefix=prefix)
     rows: list[tuple[str, str, float, float, bool]] = []
     try:
-        p, r = rounds(
+        p, r = paired(
+            lambda i: store.put(f"p/{i % 100}", VALUE),
+            lambda i: raw.kv.put(f"{prefix}/r/{i % 100}", VALUE),
+            n,
             k,
-            lambda: rate(n, lambda i: store.put(f"p/{i % 100}", VALUE)),
-            lambda: rate(n, lambda i: raw.kv.put(f"{prefix}/r/{i % 100}", VALUE)),
-        )
+        )[:2]
         rows.append(("put", "ops/s", p, r, True))
-        p, r = rounds(
+        p, r = paired(
+            lambda i: store.get(f"p/{i % 100}"),
+            lambda i: raw.kv.get(f"{prefix}/r/{i % 100}"),
+            n,
             k,
-            lambda: rate(n, lambda i: store.get(f"p/{i % 100}")),
-            lambda: rate(n, lambda i: raw.kv.get(f"{prefix}/r/{i % 100}")),
-        )
+        )[:2]
         rows.append(("get", "ops/s", p, r, True))
 
         pair = store.atomic_put("cas", VALUE, None)
@@ -135,14 +121,30 @@ def main() -> None:
             result = raw.txn.put([{"KV": op}])
             index[0] = result["Results"][0]["KV"]["ModifyIndex"]
 
-        p, r = rounds(k, lambda: rate(n, ours_cas), lambda: rate(n, raw_cas))
+        p, r = paired(ours_cas, raw_cas, n, k)[:2]
         rows.append(("atomic_put", "ops/s", p, r, True))
 
         m = max(50, n // 5)
         ours_lat = watch_latency_pykv(store, m)
         raw_lat = watch_latency_raw(raw, f"{prefix}/rw", m)
-        rows.append(("watch p50", "ms", pct(ours_lat, 0.5) * 1e3, pct(raw_lat, 0.5) * 1e3, False))
-        rows.append(("watch p99", "ms", pct(ours_lat, 0.99) * 1e3, pct(raw_lat, 0.99) * 1e3, False))
+        rows.append(
+            (
+                "watch p50",
+                "ms",
+                percentile(ours_lat, 50) * 1e3,
+                percentile(raw_lat, 50) * 1e3,
+                False,
+            )
+        )
+        rows.append(
+            (
+                "watch p99",
+                "ms",
+                percentile(ours_lat, 99) * 1e3,
+                percentile(raw_lat, 99) * 1e3,
+                False,
+            )
+        )
 
         def ours_lock(_: int) -> None:
             with store.lock("lock", ttl=10):
@@ -154,7 +156,7 @@ def main() -> None:
             raw.session.destroy(sid)
 
         c = max(20, n // 10)
-        p, r = rounds(k, lambda: rate(c, ours_lock), lambda: rate(c, raw_lock))
+        p, r = paired(ours_lock, raw_lock, c, k)[:2]
         rows.append(("lock cycle", "ops/s", p, r, True))
     finally:
         store.delete_tree("")

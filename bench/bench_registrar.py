@@ -32,14 +32,13 @@ from pathlib import Path
 
 import docker
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import percentile
+
 import pykv
 
 IMAGE = os.environ.get("PYKV_BUSYBOX_IMAGE", "pykv-busybox:1")
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def free_port() -> int:
@@ -178,7 +177,8 @@ def main() -> int:
         ("start returned -> endpoint readable", publish_times),
     ):
         print(
-            f"| {label} | {pct(values, 50) * ms:.1f} ms | {pct(values, 99) * ms:.1f} ms "
+            f"| {label} | {percentile(values, 50) * ms:.1f} ms "
+            f"| {percentile(values, 99) * ms:.1f} ms "
             f"| {max(values) * ms:.1f} ms |"
         )
     print()

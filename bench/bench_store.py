@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import Row, Table, measure_pykv, median, percentile, progress, rate
+from _common import Row, Table, measure_pykv, median, paired, percentile, progress
 
 import pykv
 from pykv import Capability
@@ -133,30 +133,16 @@ def pykv_ops(store: pykv.Store) -> dict[str, Callable[[int], object]]:
 def compare_sqlite(
     url: str, count: int, rounds: int = ROUNDS
 ) -> dict[str, tuple[float, float, float]]:
-    """pykv against raw sqlite3 in interleaved rounds (raw, pykv, raw, pykv, ...), so both see
-    the same machine load. Per operation: (best pykv ops/s, best raw ops/s, median of the
-    per-round ratios pykv/raw)."""
+    """pykv against raw sqlite3 in interleaved rounds (see ``paired``). Per operation: median
+    pykv ops/s, median raw ops/s, median of the per-round ratios pykv/raw."""
     path = url[len("sqlite:///") :]
     conn, raw = raw_sqlite_ops(path + ".raw")
-    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in raw}
     with pykv.open_store(url, prefix=f"bench-{uuid.uuid4().hex[:8]}") as store:
         ours = pykv_ops(store)
-        for n in range(rounds):
-            progress(f"  interleaved round {n + 1}/{rounds}")
-            for name in raw:
-                r = rate(raw[name], count)
-                o = rate(ours[name], count)
-                samples[name].append((o, r))
+        out = {name: paired(ours[name], raw[name], count, rounds) for name in raw}
         store.delete_tree("")
     conn.close()
-    return {
-        name: (
-            max(o for o, _ in pairs),
-            max(r for _, r in pairs),
-            median([o / r for o, r in pairs]),
-        )
-        for name, pairs in samples.items()
-    }
+    return out
 
 
 def report(url: str, count: int) -> str:
@@ -170,7 +156,7 @@ def report(url: str, count: int) -> str:
         for name, (o, r, ratio) in compare_sqlite(url, count).items():
             table.add(
                 Row(name, o, r, ratio_value=ratio,
-                    note=f"median of {ROUNDS} interleaved rounds; best ops/s shown")
+                    note=f"medians of {ROUNDS} interleaved rounds")
             )  # fmt: skip
     else:
         for name in ("put", "get", "atomic_put"):

@@ -9,50 +9,22 @@ write to the event (p50/p99), and lock acquire+release per second, with the rati
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
 
 from kazoo.client import KazooClient
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import paired, percentile
 
 import pykv
 
 ROUNDS = 20
-
-
-def rate(n: int, op: Callable[[int], object]) -> float:
-    start = time.perf_counter()
-    for i in range(n):
-        op(i)
-    return n / (time.perf_counter() - start)
-
-
-def compare(
-    n: int, mine: Callable[[int], object], theirs: Callable[[int], object]
-) -> tuple[float, float, float]:
-    """Median ops/s of each, and the median of the paired ratios, over ROUNDS alternating
-    rounds: the server's fsync latency and the shared CPUs drift, so only rounds run side by
-    side compare fairly."""
-    rate(min(100, n), mine)
-    rate(min(100, n), theirs)
-    a, b, ratios = [], [], []
-    for i in range(ROUNDS):
-        chunk = max(1, n // ROUNDS)
-        if i % 2:  # alternate which one goes first
-            y, x = rate(chunk, theirs), rate(chunk, mine)
-        else:
-            x, y = rate(chunk, mine), rate(chunk, theirs)
-        a.append(x)
-        b.append(y)
-        ratios.append(x / y)
-    return statistics.median(a), statistics.median(b), statistics.median(ratios)
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def watch_latency_pykv(store: pykv.Store, writer: pykv.Store, n: int) -> list[float]:
@@ -114,7 +86,9 @@ def main() -> None:
     client.start(timeout=10)
     kwriter = KazooClient(hosts=hosts)
     kwriter.start(timeout=10)
-    version = ".".join(map(str, client.server_version()))
+    # `srvr`, not kazoo's server_version(): servers often whitelist only srvr/ruok/stat/mntr
+    first = client.command(b"srvr").splitlines()[0]
+    version = first.split(":", 1)[1].strip().split("-")[0] if ":" in first else "?"
     base = f"/{prefix}/kazoo"
     client.ensure_path(base)
     rows: list[tuple[str, float, float, str, float]] = []
@@ -122,13 +96,16 @@ def main() -> None:
         # sequential put of one existing key (both paths are a single setData)
         store.put("k", b"0")
         client.create(f"{base}/k", b"0")
-        put = compare(
-            n,
+        put = paired(
             lambda i: store.put("k", b"value-%d" % i),
             lambda i: client.set(f"{base}/k", b"value-%d" % i),
+            max(1, n // ROUNDS),
+            ROUNDS,
         )
         rows.append(("put", put[0], put[1], "ops/s", put[2]))
-        get = compare(n, lambda i: store.get("k"), lambda i: client.get(f"{base}/k"))
+        get = paired(
+            lambda i: store.get("k"), lambda i: client.get(f"{base}/k"), max(1, n // ROUNDS), ROUNDS
+        )
         rows.append(("get", get[0], get[1], "ops/s", get[2]))
 
         def pykv_cas(i: int) -> None:
@@ -138,13 +115,13 @@ def main() -> None:
             _, stat = client.get(f"{base}/k")
             client.set(f"{base}/k", b"cas-%d" % i, version=stat.version)
 
-        cas = compare(n // 2, pykv_cas, kazoo_cas)
+        cas = paired(pykv_cas, kazoo_cas, max(1, n // 2 // ROUNDS), ROUNDS)
         rows.append(("get + atomic_put", cas[0], cas[1], "ops/s", cas[2]))
 
         lat_n = max(100, n // 4)
         pk = watch_latency_pykv(store, writer, lat_n)
         kz = watch_latency_kazoo(client, kwriter, f"{base}/watched", lat_n)
-        for name, q in (("watch latency p50", 0.5), ("watch latency p99", 0.99)):
+        for name, q in (("watch latency p50", 50), ("watch latency p99", 99)):
             mine, theirs = percentile(pk, q) * 1000, percentile(kz, q) * 1000
             rows.append((name, mine, theirs, "ms", mine / theirs))
         mean_mine, mean_theirs = statistics.mean(pk) * 1000, statistics.mean(kz) * 1000
@@ -162,7 +139,7 @@ def main() -> None:
             lock.acquire(timeout=10)
             lock.release()
 
-        locks = compare(lock_n, pykv_lock, kazoo_lock)
+        locks = paired(pykv_lock, kazoo_lock, max(1, lock_n // ROUNDS), ROUNDS)
         rows.append(("lock acquire+release", locks[0], locks[1], "ops/s", locks[2]))
     finally:
         store.delete_tree("")
