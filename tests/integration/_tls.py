@@ -44,6 +44,32 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=10)
 
 
+def wait_ready(
+    url: str, d: Path, proc: subprocess.Popen[bytes], log: Path, write: bool = False
+) -> None:
+    """Wait (30 s at most) until the server ``proc`` answers ``url`` with the client
+    certificate of ``d``; a read, or a write with ``write``. Fails with the server's log."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with pykv.open_store(
+                url,
+                ca=str(d / "ca.pem"),
+                cert=str(d / "client.pem"),
+                key=str(d / "client.key"),
+                timeout=2,
+            ) as probe:
+                if write:
+                    probe.put("probe", b"1")
+                else:
+                    probe.exists("probe")
+            return
+        except pykv.UnavailableError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(log.read_text()[-3000:]) from None
+            time.sleep(0.2)
+
+
 @contextmanager
 def tls_etcd(d: Path, port: int, scheme: str, *, enable_v2: bool) -> Iterator[Path]:
     """An etcd requiring client certificates on https://127.0.0.1:PORT, ready for ``scheme``."""
@@ -65,22 +91,7 @@ def tls_etcd(d: Path, port: int, scheme: str, *, enable_v2: bool) -> Iterator[Pa
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    with pykv.open_store(
-                        f"{scheme}+tls://127.0.0.1:{port}",
-                        ca=str(d / "ca.pem"),
-                        cert=str(d / "client.pem"),
-                        key=str(d / "client.key"),
-                        timeout=2,
-                    ) as probe:
-                        probe.exists("probe")
-                    break
-                except pykv.UnavailableError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise AssertionError((d / "etcd.log").read_text()[-3000:]) from None
-                    time.sleep(0.2)
+            wait_ready(f"{scheme}+tls://127.0.0.1:{port}", d, proc, d / "etcd.log")
             yield d
         finally:
             stop(proc)

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _tls import make_certs
+from _tls import make_certs, stop, wait_ready
 
 import pykv
 
@@ -54,30 +53,10 @@ verify_incoming = true
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with pykv.open_store(
-                    f"consul+tls://127.0.0.1:{PORT}",
-                    ca=str(d / "ca.pem"),
-                    cert=str(d / "client.pem"),
-                    key=str(d / "client.key"),
-                    timeout=2,
-                ) as probe:
-                    probe.put("probe", b"1")
-                break
-            except pykv.UnavailableError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError((d / "consul.log").read_text()[-3000:]) from None
-                time.sleep(0.2)
+        wait_ready(f"consul+tls://127.0.0.1:{PORT}", d, proc, d / "consul.log", write=True)
         yield d
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop(proc)
         log.close()
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from _tls import stop
 
 import pykv
 from pykv import KVPair, Store
@@ -315,12 +316,7 @@ def etcd2_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         _v2_auth_call(base, "PUT", "/v2/auth/roles/guest", revoke, "root:pykv-root-pass")
         yield f"etcd2://127.0.0.1:{V2_AUTH_PORT}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop(proc)
         log.close()
 
 

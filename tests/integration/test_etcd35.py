@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _tls import stop
 
 from pykv.testing import ConformanceTests
 
@@ -29,15 +30,6 @@ def _version() -> dict[str, str]:
     with urllib.request.urlopen(BASE + "/version", timeout=2) as resp:
         body: dict[str, str] = json.loads(resp.read())
     return body
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +68,7 @@ def etcd35(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 time.sleep(0.2)
             yield f"127.0.0.1:{CLIENT_PORT}"
         finally:
-            _stop(proc)
+            stop(proc)
 
 
 def test_server_is_etcd_35(etcd35: str) -> None:
