@@ -661,23 +661,30 @@ class Etcd2Store(Store):
             item = self._ttl_keys.get(key)
             if item is not None and item.path == path and previous in item.chain:
                 return item.index  # our own refreshes: no need to ask etcd
-        return current if self._only_refreshed(path, previous, what) else None
+        return self._only_refreshed(path, previous, what)
 
-    def _only_refreshed(self, path: str, since: int, what: str) -> bool:
-        """True when every change of ``path`` after index ``since`` was a TTL refresh.
+    def _only_refreshed(self, path: str, since: int, what: str) -> int | None:
+        """The current index of ``path`` when every change after index ``since`` was a TTL
+        refresh, else None.
 
         The v2 event history skips refreshes: a wait from ``since + 1`` answers at once when a
-        real write happened, and blocks when only refreshes did.
+        real write happened, and blocks when only refreshes did. The index is read after the
+        wait: the owner may have refreshed meanwhile, and a stale one would fail the compare.
         """
         reply = self._call("GET", path, what)
         if reply.code is not None or reply.node.get("ttl") is None:
-            return False  # only TTL keys are refreshed
+            return None  # only TTL keys are refreshed
         poll = _Poll()
         try:
             event = self._wait(path, since + 1, False, poll, REFRESH_PROBE, what)
         except _IndexCleared:
-            return False
-        return event is None
+            return None
+        if event is not None:
+            return None
+        reply = self._call("GET", path, what)
+        if reply.code is not None or reply.node.get("ttl") is None:
+            return None
+        return int(reply.node["modifiedIndex"])
 
     def _ttl_of(self, ttl: float | None) -> int | None:
         return None if ttl is None else max(1, math.ceil(ttl))
