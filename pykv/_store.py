@@ -152,6 +152,7 @@ class Watch(Closing, Generic[T]):
         self._cond = threading.Condition()
         self._error: BaseException | None = None
         self._closed = False
+        self._listener: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -203,6 +204,22 @@ class Watch(Closing, Generic[T]):
     def closed(self) -> bool:
         return self._closed
 
+    def _set_listener(self, listener: Callable[[], None] | None) -> None:
+        """Call ``listener()`` after each event or failure (from the producer's thread) and
+        once now, so a consumer can poll ``get(timeout=0)`` instead of parking a thread in
+        :meth:`get` (pykv.aio, derived watches). It must be quick and never block."""
+        self._listener = listener
+        if listener is not None:
+            listener()
+
+    def _notify(self) -> None:
+        listener = self._listener
+        if listener is not None:
+            try:
+                listener()
+            except Exception:  # a consumer's bug must not kill the driver's thread
+                log.exception("watch listener of %s failed", self.description)
+
     # -- producer side (drivers) ---------------------------------------------------------
 
     def _emit(self, event: T) -> None:
@@ -211,6 +228,7 @@ class Watch(Closing, Generic[T]):
                 return
             self._events.append(event)
             self._cond.notify_all()
+        self._notify()
 
     def _fail(self, error: BaseException) -> None:
         """End the stream with ``error``: events already queued are delivered first."""
@@ -219,6 +237,7 @@ class Watch(Closing, Generic[T]):
                 return
             self._error = error
             self._cond.notify_all()
+        self._notify()
 
 
 class Lock(abc.ABC):

@@ -23,7 +23,10 @@ and ``extra_slack`` (seconds added to the backend's declared ``ttl_slack`` in wa
 import pytest
 
 pytest.register_assert_rewrite("pykv.testing._suite", "pykv.testing._support")
+pytest.register_assert_rewrite("pykv.testing._recipes", "pykv.testing._aio")
 
+from ._aio import AsyncTests  # noqa: E402
+from ._recipes import RecipeTests  # noqa: E402
 from ._suite import (  # noqa: E402
     AtomicTests,
     BaseStoreTests,
@@ -39,6 +42,7 @@ from ._suite import (  # noqa: E402
 from ._support import ChildProcess, drain_until, wait_until  # noqa: E402
 
 __all__ = [
+    "AsyncTests",
     "AtomicTests",
     "BaseStoreTests",
     "ChildProcess",
@@ -47,6 +51,7 @@ __all__ = [
     "ListTests",
     "LockTests",
     "MultiClientTests",
+    "RecipeTests",
     "TTLTests",
     "WatchTests",
     "WatchTreeTests",

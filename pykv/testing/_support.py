@@ -64,11 +64,12 @@ class ChildProcess:
         *args: str,
         options: dict[str, Any] | None = None,
         ready_timeout: float = 30.0,
+        module: str = "pykv.testing._child",
     ) -> None:
         cmd = [
             sys.executable,
             "-m",
-            "pykv.testing._child",
+            module,
             url,
             prefix,
             json.dumps(options or {}),
