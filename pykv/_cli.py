@@ -377,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_services_command(sub)
+    from ._cli_recipes import add_recipe_commands
+
+    add_recipe_commands(sub)
     return parser
 
 

@@ -2,12 +2,18 @@
 
 import pytest
 
-from pykv.testing import ConformanceTests
+from pykv.testing import AsyncTests, ConformanceTests, RecipeTests
 
 pytestmark = [pytest.mark.integration, pytest.mark.consul]
 
 
 class TestConsulStore(ConformanceTests):
+    @pytest.fixture
+    def store_url(self, consul_url: str) -> str:
+        return consul_url
+
+
+class TestConsulRecipesAndAsync(RecipeTests, AsyncTests):
     @pytest.fixture
     def store_url(self, consul_url: str) -> str:
         return consul_url

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from pykv.testing import ConformanceTests
+from pykv.testing import AsyncTests, ConformanceTests, RecipeTests
 
 pytestmark = [pytest.mark.integration, pytest.mark.etcd]
 
 
 class TestEtcd(ConformanceTests):
+    @pytest.fixture
+    def store_url(self, etcd_url: str) -> str:
+        return etcd_url
+
+
+class TestEtcdRecipesAndAsync(RecipeTests, AsyncTests):
     @pytest.fixture
     def store_url(self, etcd_url: str) -> str:
         return etcd_url

@@ -20,12 +20,18 @@ from _tls import stop
 
 import pykv
 from pykv import KVPair, Store
-from pykv.testing import ConformanceTests, drain_until
+from pykv.testing import AsyncTests, ConformanceTests, RecipeTests, drain_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.etcd]
 
 
 class TestEtcd2Conformance(ConformanceTests):
+    @pytest.fixture
+    def store_url(self, etcd2_url: str) -> str:
+        return etcd2_url
+
+
+class TestEtcd2RecipesAndAsync(RecipeTests, AsyncTests):
     @pytest.fixture
     def store_url(self, etcd2_url: str) -> str:
         return etcd2_url

@@ -21,7 +21,7 @@ from kazoo.exceptions import NoAuthError
 
 import pykv
 from pykv import KVPair, Store
-from pykv.testing import ConformanceTests
+from pykv.testing import AsyncTests, ConformanceTests, RecipeTests
 from pykv.testing._support import drain_until, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.zookeeper]
@@ -58,6 +58,16 @@ class TestZooKeeperStore(ConformanceTests):
     @pytest.fixture
     def store_options(self) -> dict[str, Any]:
         # short sessions make the dead-process tests fast; the class slack still covers 10 s
+        return {"session_timeout": 4}
+
+
+class TestZooKeeperRecipesAndAsync(RecipeTests, AsyncTests):
+    @pytest.fixture
+    def store_url(self, zk_url: str) -> str:
+        return zk_url
+
+    @pytest.fixture
+    def store_options(self) -> dict[str, Any]:
         return {"session_timeout": 4}
 
 
