@@ -70,6 +70,7 @@ def cmd_elect(store: Store, args: argparse.Namespace) -> int:
         return 127
     lost = election.lost
     stopping = threading.Event()
+
     def on_sigterm(*_: object) -> None:
         stopping.set()
         proc.terminate()
