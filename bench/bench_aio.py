@@ -53,7 +53,7 @@ async def watches(url: str, count: int, prefix: str) -> None:
         await asyncio.gather(*(changed(w) for w in opened))
         fanout_s = time.perf_counter() - start
         print(f"{count} async watches on {store}:")
-        print(f"  threads      {before_threads[0]} before, {after_threads[0]} with the watches open")
+        print(f"  threads      {before_threads[0]} before, {after_threads[0]} with them open")
         print(f"  aio pool     {after_threads[1]} threads (max_workers)")
         print(f"  RSS          {before_rss:.1f} MiB before, {after_rss:.1f} MiB after")
         print(f"               ({(after_rss - before_rss) * 1024 / count:.1f} KiB per watch)")
