@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
@@ -69,6 +70,18 @@ async def _timeout(seconds: float) -> Any:
         handle.cancel()
 
 
+def _rss_mib() -> float:
+    """This process's resident memory (Linux; NaN elsewhere)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 async def _cancel(task: asyncio.Task[Any]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -78,8 +91,9 @@ async def _cancel(task: asyncio.Task[Any]) -> None:
 class AsyncTests(BaseStoreTests):
     """The async API: operations, watches, locks, recipes; cancellation leaves nothing behind."""
 
-    #: Watches opened at once in :meth:`test_many_watches_park_no_thread`.
-    many_watches: int = 100
+    #: Watches opened at once in :meth:`test_many_watches_park_no_thread` (the environment
+    #: variable PYKV_AIO_WATCHES overrides it, e.g. to measure 1,000).
+    many_watches: int = int(os.environ.get("PYKV_AIO_WATCHES", "100"))
 
     def run(
         self,
@@ -352,12 +366,19 @@ class AsyncTests(BaseStoreTests):
         async def test(store: AsyncStore) -> None:
             if Capability.WATCH not in store.capabilities:
                 pytest.skip("no WATCH")
+            threads_before, rss_before = threading.active_count(), _rss_mib()
             watches = [store.watch("many") for _ in range(self.many_watches)]
             try:
                 firsts = await asyncio.gather(*(w.get(timeout=60) for w in watches))
                 assert firsts == [None] * self.many_watches
                 aio_threads = [t for t in threading.enumerate() if t.name.startswith("pykv-aio")]
                 assert len(aio_threads) <= pykv.aio.DEFAULT_MAX_WORKERS
+                sys.stderr.write(
+                    f"[pykv aio] {self.many_watches} async watches on {type(store.sync).__name__}"
+                    f": threads {threads_before} -> {threading.active_count()} "
+                    f"({len(aio_threads)} in the aio pool), "
+                    f"RSS {rss_before:.1f} -> {_rss_mib():.1f} MiB\n"
+                )
                 await store.put("many", b"v")
 
                 async def changed(watch: pykv.aio.AsyncWatch[KVPair | None]) -> KVPair | None:
