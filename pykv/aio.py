@@ -349,13 +349,19 @@ class AsyncWatch(Generic[T]):
         self._closed = True
         watch = self._watch
         if watch is not None:
-            self._store._submit(watch.close)
+            self._close_in_pool(watch)
         elif self._opening is not None:
             self._opening.add_done_callback(self._close_opened)
 
     def _close_opened(self, opening: asyncio.Future[Watch[T]]) -> None:
         if not opening.cancelled() and opening.exception() is None:
-            self._store._submit(opening.result().close)
+            self._close_in_pool(opening.result())
+
+    def _close_in_pool(self, watch: Watch[T]) -> None:
+        try:
+            self._store._submit(watch.close)
+        except RuntimeError:  # the pool is shut down (the store is closing): close it here
+            watch.close()
 
     async def close(self) -> None:
         """End the watch and release its resources. Idempotent."""
