@@ -12,6 +12,7 @@ import pytest
 
 import pykv
 from pykv import _registry
+from pykv._cli import capability_table
 
 ROOT = Path(__file__).resolve().parents[2]
 BACKENDS = sorted(p for p in (ROOT / "backends").iterdir() if (p / "pyproject.toml").exists())
@@ -80,3 +81,12 @@ def test_install_hint_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_testing_extra_declares_pytest() -> None:
     requires = importlib.metadata.requires("pykvstore") or []
     assert any(r.startswith("pytest") and "extra == 'testing'" in r for r in requires), requires
+
+
+def test_docs_capability_table_is_generated() -> None:
+    text = (ROOT / "docs" / "backends" / "index.md").read_text(encoding="utf-8")
+    block = text.split("<!-- capabilities:start -->")[1].split("<!-- capabilities:end -->")[0]
+    generated = [ln for ln in capability_table(markdown=True).splitlines() if ln.startswith("|")]
+    assert block.strip().splitlines() == generated, (
+        "docs/backends/index.md's capability table is stale; regenerate: pykv backends --markdown"
+    )
