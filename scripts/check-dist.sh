@@ -26,7 +26,8 @@ for name in "${names[@]}"; do
     [[ -f $file ]] || { echo "check-dist: not built: $file" >&2; ls "$dist" >&2; exit 1; }
   done
   # Every distribution carries the license and the package's type marker.
-  unzip -Z1 "$dist/$name-$version-py3-none-any.whl" >"$work/files"
+  python3 -c 'import sys, zipfile; print("\n".join(zipfile.ZipFile(sys.argv[1]).namelist()))' \
+    "$dist/$name-$version-py3-none-any.whl" >"$work/files"
   grep -q "dist-info/licenses/LICENSE$" "$work/files" ||
     { echo "check-dist: no LICENSE in $name's wheel" >&2; exit 1; }
 done

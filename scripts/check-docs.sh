@@ -46,7 +46,8 @@ uv run --no-sync python -m http.server "$port" --bind 127.0.0.1 --directory "$si
   >"$work/http.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 100); do
-  curl -sf -o /dev/null "http://127.0.0.1:$port/index.html" && break
+  python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
+    "http://127.0.0.1:$port/index.html" 2>/dev/null && break
   kill -0 "$server_pid" 2>/dev/null || { cat "$work/http.log" >&2; exit 1; }
   sleep 0.1
 done
