@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 
@@ -44,6 +46,7 @@ class Table:
         )
 
     def render(self) -> str:
+        save_json(self.title, self.raw_label, [(r.name, r.unit, r.pykv, r.raw) for r in self.rows])
         header = ["operation", "pykv", self.raw_label, "pykv/raw", "note"]
         body = [
             [r.name, fmt(r.pykv, r.unit), fmt(r.raw, r.unit), r.ratio, r.note] for r in self.rows
@@ -64,6 +67,24 @@ class Table:
             "raw/pykv (1.0 = as fast as raw)."
         )
         return "\n".join(lines)
+
+
+def save_json(
+    title: str, raw_label: str, rows: Sequence[tuple[str, str, float | None, float | None]]
+) -> None:
+    """Append one table as a JSON line to ``$PYKV_BENCH_JSON`` when set (for bench/plot.py).
+
+    Rows are (operation, unit, pykv, raw); unit is "ops/s" or "s" (a latency)."""
+    path = os.environ.get("PYKV_BENCH_JSON")
+    if not path:
+        return
+    record = {
+        "title": title,
+        "raw_label": raw_label,
+        "rows": [{"name": n, "unit": u, "pykv": p, "raw": r} for n, u, p, r in rows],
+    }
+    with open(path, "a", encoding="utf-8") as out:
+        out.write(json.dumps(record) + "\n")
 
 
 def fmt(value: float | None, unit: str) -> str:

@@ -24,7 +24,7 @@ import consul
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import paired, percentile
+from _common import paired, percentile, save_json
 
 import pykv
 from pykv import StoreURL
@@ -163,6 +163,10 @@ def main() -> None:
         raw.kv.delete(prefix + "/", recurse=True)
         store.close()
 
+    rows_json = [
+        (x, u, o, t) if u == "ops/s" else (x, "s", o / 1e3, t / 1e3) for x, u, o, t, _ in rows
+    ]
+    save_json(f"pykv on Consul ({args.url})", "py-consul", rows_json)
     print(f"Consul at {args.url}: {n} ops per round, median of {k} rounds")
     print(f"{'operation':<12} {'unit':<6} {'pykv':>10} {'py-consul':>10} {'pykv/raw':>9}")
     for name, unit, ours, theirs, _higher_better in rows:

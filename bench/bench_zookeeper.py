@@ -20,7 +20,7 @@ from kazoo.client import KazooClient
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import paired, percentile
+from _common import paired, percentile, save_json
 
 import pykv
 
@@ -151,6 +151,10 @@ def main() -> None:
         client.close()
         kwriter.close()
 
+    rows_json = [
+        (x, u, m, t) if u == "ops/s" else (x, "s", m / 1e3, t / 1e3) for x, m, t, u, _ in rows
+    ]
+    save_json(f"pykv on ZooKeeper {version}", "kazoo", rows_json)
     print(
         f"ZooKeeper {version} at {hosts}: {n} sequential ops each (locks {lock_n}, "
         f"watch events {lat_n}); ops/s are medians of {ROUNDS} alternating rounds"

@@ -3,17 +3,19 @@
 # reached (CI here): a minimal Debian bookworm root filesystem with python3 and python3-venv
 # made by debootstrap, imported with `docker import`. Elsewhere use an official Python image.
 #
-#   bash docker/build-python-base.sh [IMAGE]        (default pykv-python-base:1)
+#   bash docker/build-python-base.sh [IMAGE [RECIPE_HASH]]   (default pykv-python-base:1)
 #
-# Idempotent: does nothing when IMAGE exists. The mirror is read from the machine's apt config
-# so that no host name lives in the repository. Debs are cached in $PYKV_CACHE_DIR.
+# scripts/provision.sh builds it with RECIPE_HASH (a hash of this file, kept as a label, so a
+# changed recipe rebuilds). Without one: does nothing when IMAGE exists. The mirror is read from
+# the machine's apt config so that no host name lives in the repository. Debs are cached in $PYKV_CACHE_DIR.
 set -euo pipefail
 shopt -s inherit_errexit
 
 image=${1:-pykv-python-base:1}
+recipe=${2:-}
 cache=${PYKV_CACHE_DIR:-/var/cache/pykv}
 
-if docker image inspect "$image" >/dev/null 2>&1; then
+if [[ -z $recipe ]] && docker image inspect "$image" >/dev/null 2>&1; then
   exit 0
 fi
 mirror=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources)
@@ -40,4 +42,5 @@ tar --numeric-owner -C "$root" -c . | docker import \
   --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
   --change 'ENV LANG=C.UTF-8' \
   --change 'CMD ["python3"]' \
+  --change "LABEL org.pykv.recipe=$recipe" \
   - "$image" >/dev/null

@@ -34,8 +34,7 @@ from ._options import StoreOptions, TLSOptions
 from ._registry import available_backends, load_backend, open_store
 from ._store import Capability, KVPair, Lock, Store, Watch
 from ._url import Host, StoreURL
-
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "Capability",

@@ -37,6 +37,7 @@ from ._defaults import STORE_ENV, default_store_url
 from ._registry import available_backends, open_store
 from ._store import Capability, KVPair, Store
 from ._url import mask_url
+from ._version import __version__
 
 __all__ = ["capability_table", "main"]
 
@@ -319,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--timeout", type=float, metavar="S", help="per-call timeout, seconds")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("get", help="print a key's value")

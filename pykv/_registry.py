@@ -26,16 +26,21 @@ ENTRY_POINT_GROUP = "pykv.backends"
 
 #: Schemes of the backends the pykv project ships, and the distribution that provides each.
 KNOWN_DISTRIBUTIONS: Mapping[str, str] = {
-    "memory": "pykv",
-    "sqlite": "pykv",
-    "consul": "pykv-consul",
-    "etcd": "pykv-etcd",
-    "etcd3": "pykv-etcd",
-    "etcd2": "pykv-etcd",
-    "zookeeper": "pykv-zookeeper",
-    "zk": "pykv-zookeeper",
+    "memory": "pykvstore",
+    "sqlite": "pykvstore",
+    "consul": "pykvstore-consul",
+    "etcd": "pykvstore-etcd",
+    "etcd3": "pykvstore-etcd",
+    "etcd2": "pykvstore-etcd",
+    "zookeeper": "pykvstore-zookeeper",
+    "zk": "pykvstore-zookeeper",
 }
-_EXTRAS = {"pykv-consul": "consul", "pykv-etcd": "etcd", "pykv-zookeeper": "zookeeper"}
+# The import name is pykv, but "pykv" on the package index is an unrelated project.
+_EXTRAS = {
+    "pykvstore-consul": "consul",
+    "pykvstore-etcd": "etcd",
+    "pykvstore-zookeeper": "zookeeper",
+}
 
 
 def _entry_points(name: str | None = None) -> list[importlib.metadata.EntryPoint]:
@@ -64,7 +69,7 @@ def load_backend(scheme: str) -> type[Store]:
             extra = _EXTRAS.get(dist)
             msg += f"; install it with: pip install {dist}"
             if extra:
-                msg += f"  (or pip install 'pykv[{extra}]')"
+                msg += f"  (or pip install 'pykvstore[{extra}]')"
         else:
             close = difflib.get_close_matches(scheme, known, n=1)
             if close:

@@ -380,7 +380,7 @@ class Store(Closing, abc.ABC):
     #: The dataclass of options this backend takes.
     options_class: ClassVar[type[StoreOptions]] = StoreOptions
     #: The distribution that provides this backend, shown in error messages.
-    distribution: ClassVar[str] = "pykv"
+    distribution: ClassVar[str] = "pykvstore"
     #: Seconds a TTL key or a dead holder's lock may outlive its TTL on this backend.
     ttl_slack: ClassVar[float] = 0.0
     #: Whether the URL's path is the key prefix (network stores); False where it names a file.

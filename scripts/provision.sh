@@ -12,6 +12,7 @@
 #   PYKV_DOCKERD_LOG     where a dockerd started here logs (default /var/log/pykv-dockerd.log)
 #   PYKV_SERVERS_IMAGE   name of the locally built server image (default pykv-servers:1)
 #   PYKV_BUSYBOX_IMAGE   name of the locally built workload image (default pykv-busybox:1)
+#   PYKV_PYTHON_BASE_IMAGE  base image of the registrar's image (default pykv-python-base:1)
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -20,14 +21,24 @@ cache=${PYKV_CACHE_DIR:-/var/cache/pykv}
 dockerd_log=${PYKV_DOCKERD_LOG:-/var/log/pykv-dockerd.log}
 servers_image=${PYKV_SERVERS_IMAGE:-pykv-servers:1}
 busybox_image=${PYKV_BUSYBOX_IMAGE:-pykv-busybox:1}
+python_base_image=${PYKV_PYTHON_BASE_IMAGE:-pykv-python-base:1}
 
 consul_version=1.8.7
 etcd35_minor=3.5 # second etcd for the compatibility tests (trixie's etcd-server, 3.5.x)
 etcd35_bin=/usr/local/lib/pykv/etcd-3.5/etcd
 compose_min_minor=23 # configs with inline `content:` need Compose >= 2.23
+# A second Python for the unit tests (bookworm's is 3.11): trixie's 3.13, unpacked with the
+# libraries it links (trixie's C library among them, newer than bookworm's) under one root.
+py313_root=/usr/local/lib/pykv/python3.13
+py313_packages=(python3.13-minimal libpython3.13-minimal libpython3.13-stdlib libc6 libcrypt1
+  libssl3t64 libffi8 libsqlite3-0 libexpat1 zlib1g libbz2-1.0 liblzma5 libzstd1 libmpdec4 libuuid1
+  libstdc++6 libgcc-s1)
 # podman + netavark (its network stack, the default of podman 4): the registrar's tests against a
 # Podman socket (`podman system service`, Docker-compatible API).
-apt_packages=(docker.io etcd-server etcd-client zookeeper debootstrap busybox-static podman netavark)
+# chromium: the docs check screenshots the built site in a real headless browser; patchelf: points
+# trixie's Python 3.13 (below) at its own C library.
+apt_packages=(docker.io etcd-server etcd-client zookeeper debootstrap busybox-static podman netavark
+  chromium patchelf)
 keyring=/usr/share/keyrings/debian-archive-keyring.gpg # holds bullseye, bookworm and trixie keys
 
 export DEBIAN_FRONTEND=noninteractive
@@ -221,6 +232,41 @@ ensure_etcd35() {
   log "    installed $etcd35_bin: etcd $got"
 }
 
+# trixie's Python 3.13 beside bookworm's 3.11, without replacing any of the machine's libraries:
+# its packages unpacked under one root and the interpreter pointed (patchelf) at the loader and
+# libraries there. Rebuilt when the package list changes (a stamp holds its hash).
+py313_ok() {
+  [[ -x $py313_root/usr/bin/python3.13 && -f $py313_root/.packages ]] &&
+    [[ $(<"$py313_root/.packages") == "${py313_packages[*]}" ]] &&
+    "$py313_root/usr/bin/python3.13" -c \
+      'import sys, ssl, sqlite3, ctypes, decimal, lzma, bz2, zlib, uuid; assert sys.version_info[:2] == (3, 13)' \
+      >/dev/null 2>&1
+}
+
+ensure_python313() {
+  if py313_ok; then
+    log "    present: $py313_root/usr/bin/python3.13 ($("$py313_root/usr/bin/python3.13" -V))"
+    return
+  fi
+  command -v patchelf >/dev/null || die "no patchelf (is it in apt_packages?)"
+  local tmp=$py313_root.new pkg x lib
+  rm -rf "$tmp"
+  mkdir -p "$tmp"
+  for pkg in "${py313_packages[@]}"; do
+    x=$(side_fetch trixie "$pkg")
+    cp -a "$x/." "$tmp/"
+    rm -rf "$x"
+  done
+  lib=$py313_root/usr/lib/x86_64-linux-gnu # the final place: patchelf writes absolute paths
+  patchelf --set-interpreter "$lib/ld-linux-x86-64.so.2" --force-rpath --set-rpath "$lib" \
+    "$tmp/usr/bin/python3.13"
+  printf '%s' "${py313_packages[*]}" >"$tmp/.packages"
+  rm -rf "$py313_root"
+  mv "$tmp" "$py313_root"
+  py313_ok || die "trixie's python3.13 does not run here: $("$py313_root/usr/bin/python3.13" -V 2>&1)"
+  log "    installed $py313_root/usr/bin/python3.13 ($("$py313_root/usr/bin/python3.13" -V))"
+}
+
 # ---------------------------------------------------------------------------------------------
 # Docker engine
 
@@ -280,6 +326,13 @@ ensure_busybox_image() {
   ensure_image "$busybox_image" "$here/images/busybox.sh"
 }
 
+# The registrar image's base (debootstrap with python3): built here, not in a test's fixture,
+# so that no test waits a minute for it. The registrar image itself is built from the checkout
+# by scripts/test.sh.
+ensure_python_base_image() {
+  ensure_image "$python_base_image" "$here/../docker/build-python-base.sh"
+}
+
 ensure_servers_image() {
   ensure_image "$servers_image" "$here/images/servers.sh" \
     "$(debian_mirror)" /usr/local/bin/consul "$cache"
@@ -305,6 +358,8 @@ main() {
   step "Docker engine" ensure_dockerd
   step "image $busybox_image" ensure_busybox_image
   step "image $servers_image" ensure_servers_image
+  step "image $python_base_image" ensure_python_base_image
+  step "Python 3.13 (trixie)" ensure_python313
   log "provision: done in $(fmt_us $(($(now_us) - start)))"
 }
 

@@ -22,14 +22,44 @@ fi
 uv sync --all-packages --all-extras --quiet
 
 integration=()
+others_pid=""
 if [[ ${PYKV_SKIP_PROVISION:-0} != 1 && -f scripts/provision.sh ]]; then
     step "servers and images"
     bash scripts/provision.sh
     integration=(tests/integration)
+    # The unit tests on the other Python versions (provision.sh installed them), beside the
+    # steps below: they mostly wait, so this costs little time.
+    others_log=$(mktemp)
+    bash scripts/test-pythons.sh >"$others_log" 2>&1 &
+    others_pid=$!
+    trap 'kill "$others_pid" 2>/dev/null || true' EXIT # a failed step below ends it too
+    # The sidecar's image from this checkout, built here rather than under a test's timeout.
+    step "registrar image"
+    timeout 600 bash docker/build-registrar-image.sh pykv-registrar:test >/dev/null
+    export PYKV_REGISTRAR_IMAGE=pykv-registrar:test
 fi
 
 step "static checks"
 bash scripts/check.sh
+
+step "distributions: build, install in a clean venv, run"
+bash scripts/check-dist.sh
+
+step "docs: mkdocs build --strict, headless browser"
+if [[ ${PYKV_SKIP_PROVISION:-0} == 1 ]] && ! command -v chromium >/dev/null; then
+    bash scripts/check-docs.sh --no-browser   # chromium comes with provisioning
+else
+    bash scripts/check-docs.sh
+fi
+
+if [[ -n $others_pid ]]; then
+    step "unit tests on the other Python versions (started after provisioning)"
+    others_rc=0
+    wait "$others_pid" || others_rc=$?
+    cat "$others_log"
+    rm -f "$others_log"
+    ((others_rc == 0)) || exit "$others_rc"
+fi
 
 step "tests"
 uv run --no-sync pytest -p no:cacheprovider -ra tests/unit "${integration[@]}" "$@"

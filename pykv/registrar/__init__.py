@@ -7,7 +7,7 @@ endpoints of a dead host or a killed registrar vanish by themselves. See :mod:`.
 service model (registrator's conventions), :mod:`.core` for how events, reconnects and
 reconciliation work, :mod:`.settings` for the flags and their ``PYKV_REGISTRAR_*`` variables.
 
-Needs the ``registrar`` extra: ``pip install 'pykv[registrar]'``.
+Needs the ``registrar`` extra: ``pip install 'pykvstore[registrar]'``.
 """
 
 from __future__ import annotations

@@ -1,14 +1,17 @@
 """The sidecar image: built here on a locally made base image, run with the Docker socket.
 
-Builds ``pykv-registrar:test`` with docker/build-registrar-image.sh (the base image
-``pykv-python-base:1`` is made once per machine by docker/build-python-base.sh, about a minute;
-the registrar image itself takes about half a minute), then runs it as a container that
-publishes another container into a sqlite file on a mounted volume, read from the host.
+The image is built outside any test's timeout: scripts/provision.sh makes the base image
+``pykv-python-base:1`` (about a minute, once per machine) and scripts/test.sh builds
+``pykv-registrar:test`` from the checkout (about half a minute) and names it in
+``$PYKV_REGISTRAR_IMAGE``. Without that variable (a developer's loop) the fixture builds the
+registrar image itself, on the provisioned base. The test runs it as a container that publishes
+another container into a sqlite file on a mounted volume, read from the host.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 import uuid
@@ -37,8 +40,20 @@ def _docker(
     return proc
 
 
+BASE_IMAGE = "pykv-python-base:1"
+
+
 @pytest.fixture(scope="module")
 def registrar_image(busybox_image: str) -> str:
+    built = os.environ.get("PYKV_REGISTRAR_IMAGE")
+    if built:
+        assert _docker("image", "inspect", built, check=False).returncode == 0, (
+            f"$PYKV_REGISTRAR_IMAGE names {built}, which does not exist"
+        )
+        return built
+    assert _docker("image", "inspect", BASE_IMAGE, check=False).returncode == 0, (
+        f"no {BASE_IMAGE}: run scripts/provision.sh, which builds it"
+    )
     started = time.monotonic()
     proc = subprocess.run(
         ["bash", str(ROOT / "docker/build-registrar-image.sh"), IMAGE],

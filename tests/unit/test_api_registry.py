@@ -42,7 +42,7 @@ def test_known_but_missing_backend_names_package(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(_registry, "_entry_points", lambda name=None: [])
     with pytest.raises(pykv.UnknownBackendError) as info:
         pykv.open_store("consul://127.0.0.1:8500")
-    assert "pip install pykv-consul" in str(info.value)
+    assert "pip install pykvstore-consul" in str(info.value)
 
 
 def test_two_distributions_claiming_a_scheme(monkeypatch: pytest.MonkeyPatch) -> None:

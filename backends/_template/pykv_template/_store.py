@@ -33,7 +33,7 @@ class TemplateStore(Store):
     # Declare only what passes the conformance suite.
     capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.KV})
     options_class = TemplateOptions
-    distribution: ClassVar[str] = "pykv-template"
+    distribution: ClassVar[str] = "pykvstore-template"
     ttl_slack: ClassVar[float] = 0.0
 
     def __init__(self, url: StoreURL, options: TemplateOptions) -> None:  # type: ignore[override]

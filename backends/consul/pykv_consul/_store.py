@@ -89,7 +89,7 @@ class ConsulStore(Store):
     schemes: ClassVar[tuple[str, ...]] = ("consul",)
     capabilities: ClassVar[frozenset[Capability]] = frozenset(Capability)
     options_class = ConsulOptions
-    distribution: ClassVar[str] = "pykv-consul"
+    distribution: ClassVar[str] = "pykvstore-consul"
     #: Sessions are created with half the requested TTL, so Consul (which keeps a session up
     #: to twice its TTL) removes keys within the TTL; the slack covers timers and raft.
     ttl_slack: ClassVar[float] = 1.0

@@ -1,4 +1,4 @@
-"""``etcd://`` (v3 API) and ``etcd2://`` (v2 API) — the pykv-etcd driver distribution.
+"""``etcd://`` (v3 API) and ``etcd2://`` (v2 API) — the pykvstore-etcd driver distribution.
 
 etcd v3: ``etcd://``, ``etcd3://`` (:class:`EtcdStore`)
 =======================================================

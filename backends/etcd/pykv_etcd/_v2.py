@@ -288,7 +288,7 @@ class Etcd2Store(Store):
     schemes: ClassVar[tuple[str, ...]] = ("etcd2",)
     capabilities: ClassVar[frozenset[Capability]] = frozenset(Capability)
     options_class: ClassVar[type[StoreOptions]] = Etcd2Options
-    distribution: ClassVar[str] = "pykv-etcd"
+    distribution: ClassVar[str] = "pykvstore-etcd"
     ttl_slack: ClassVar[float] = 2.0
     options: Etcd2Options
 

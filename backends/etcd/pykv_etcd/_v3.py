@@ -486,7 +486,7 @@ class EtcdStore(Store):
     schemes: ClassVar[tuple[str, ...]] = ("etcd", "etcd3")
     capabilities: ClassVar[frozenset[Capability]] = frozenset(Capability)
     options_class = EtcdOptions
-    distribution: ClassVar[str] = "pykv-etcd"
+    distribution: ClassVar[str] = "pykvstore-etcd"
     #: Lease TTLs are whole seconds (rounded up; etcd's minimum is 2 s with default tuning) and
     #: etcd looks for expired leases every 0.5 s.
     ttl_slack: ClassVar[float] = 2.0

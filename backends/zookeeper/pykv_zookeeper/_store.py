@@ -95,7 +95,7 @@ class ZooKeeperStore(Store):
     schemes: ClassVar[tuple[str, ...]] = ("zookeeper", "zk")
     capabilities: ClassVar[frozenset[Capability]] = frozenset(Capability)
     options_class = ZooKeeperOptions
-    distribution: ClassVar[str] = "pykv-zookeeper"
+    distribution: ClassVar[str] = "pykvstore-zookeeper"
     ttl_slack: ClassVar[float] = 10.0
     options: ZooKeeperOptions
 
