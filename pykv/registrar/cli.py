@@ -46,11 +46,13 @@ def _open_store(settings: Settings, stop: threading.Event) -> Store | None:
     """Open the store, retrying while it is unreachable (None: stopped or retries used up)."""
     import tenacity
 
+    from .core import exponential_backoff
+
     attempts = settings.retry_attempts
     wait: Any = (
         tenacity.wait_fixed(settings.retry_interval)
         if settings.retry_interval > 0
-        else tenacity.wait_exponential_jitter(initial=0.5, max=settings.max_backoff)
+        else exponential_backoff(0.5, settings.max_backoff)
     )
     give_up: Any = tenacity.stop_when_event_set(stop)
     if attempts >= 0:

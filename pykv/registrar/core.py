@@ -65,7 +65,7 @@ from .model import ModelSettings, container_endpoints, container_state, evaluate
 from .observe import Metrics
 from .settings import Settings, parse_duration
 
-__all__ = ["Registrar", "default_host_ip"]
+__all__ = ["Registrar", "default_host_ip", "exponential_backoff"]
 
 log = logging.getLogger("pykv.registrar")
 
@@ -202,7 +202,7 @@ class Registrar:
 
     def _supervised(self, name: str, target: Callable[[], None]) -> None:
         """Run ``target`` until it returns (it does when stopping); restart it after a crash."""
-        backoff = tenacity.wait_exponential_jitter(initial=0.5, max=self.settings.max_backoff)
+        backoff = exponential_backoff(0.5, self.settings.max_backoff)
         failures = 0
         while not self._stop.is_set():
             try:
@@ -343,7 +343,7 @@ class Registrar:
     def _engine_loop(self) -> None:
         while not self._stop.is_set():
             retrying = tenacity.Retrying(
-                wait=tenacity.wait_exponential_jitter(initial=0.2, max=self.settings.max_backoff),
+                wait=exponential_backoff(0.2, self.settings.max_backoff),
                 retry=tenacity.retry_if_exception_type(_ENGINE_ERRORS),
                 stop=tenacity.stop_when_event_set(self._stop),
                 sleep=self._sleep,
@@ -685,7 +685,7 @@ class Registrar:
         first = True
         failures = 0
         last_docker = 0.0
-        backoff = tenacity.wait_exponential_jitter(initial=0.2, max=self.settings.max_backoff)
+        backoff = exponential_backoff(0.2, self.settings.max_backoff)
         while not self._stop.is_set():
             if not self._reconcile_wanted.wait(0.5):
                 continue
@@ -787,6 +787,14 @@ class _Timer:
         self._histogram.observe(time.perf_counter() - self._start)
 
 
+def exponential_backoff(initial: float, maximum: float) -> Any:
+    """tenacity's exponential wait with jitter, from ``initial`` up to ``maximum`` seconds."""
+    try:
+        return tenacity.wait_exponential_jitter(multiplier=initial, max=maximum)
+    except TypeError:  # tenacity before 9.1 calls it ``initial``
+        return tenacity.wait_exponential_jitter(initial=initial, max=maximum)
+
+
 def _backoff_seconds(wait: Any, attempt: int) -> float:
     """A tenacity wait strategy's delay for the ``attempt``-th consecutive failure."""
     state = tenacity.RetryCallState(tenacity.Retrying(), None, (), {})
@@ -807,17 +815,19 @@ def _why(info: dict[str, Any] | None) -> str:
 
 
 def _checks(endpoint: Endpoint) -> list[CatalogCheck]:
-    """Catalog checks from ``SERVICE_CHECK_HTTP`` (a path), ``SERVICE_CHECK_TCP`` (true),
-    ``SERVICE_CHECK_INTERVAL`` and ``SERVICE_CHECK_TIMEOUT``."""
+    """Catalog checks from registrator's ``SERVICE_CHECK_HTTP`` / ``_HTTPS`` (a path),
+    ``SERVICE_CHECK_TCP`` (true), ``SERVICE_CHECK_INTERVAL`` and ``SERVICE_CHECK_TIMEOUT``.
+    The other ``SERVICE_CHECK_*`` stay metadata only (see docs/registrar-compat.md)."""
     meta = endpoint.metadata
     host = f"[{endpoint.address}]" if ":" in endpoint.address else endpoint.address
     interval = _duration(meta.get("check_interval"), 10.0)
     timeout = _duration(meta.get("check_timeout"), 5.0)
     checks = []
-    path = meta.get("check_http")
-    if path:
-        url = f"http://{host}:{endpoint.port}/{path.lstrip('/')}"
-        checks.append(CatalogCheck("http", url, interval, timeout))
+    for name, scheme in (("check_http", "http"), ("check_https", "https")):
+        path = meta.get(name)
+        if path:
+            url = f"{scheme}://{host}:{endpoint.port}/{path.lstrip('/')}"
+            checks.append(CatalogCheck("http", url, interval, timeout))
     if meta.get("check_tcp", "").strip().lower() in ("1", "true", "yes", "on"):
         checks.append(CatalogCheck("tcp", f"{host}:{endpoint.port}", interval, timeout))
     return checks

@@ -33,7 +33,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from ..discovery import Endpoint
 
@@ -50,6 +50,7 @@ __all__ = [
     "unique",
 ]
 
+_T = TypeVar("_T")
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f", ""}
 _NAME_JUNK = re.compile(r"[^A-Za-z0-9_.:@+-]+")
@@ -231,7 +232,7 @@ class _Refused(Exception):
     """Raised inside :func:`evaluate`: the container gets no endpoint, for this reason."""
 
 
-def unique(items: Iterable[str]) -> list[str]:
+def unique(items: Iterable[_T]) -> list[_T]:
     """``items`` without repeats, in first-seen order, in linear time."""
     return list(dict.fromkeys(items))
 
