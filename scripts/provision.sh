@@ -27,7 +27,7 @@ etcd35_bin=/usr/local/lib/pykv/etcd-3.5/etcd
 compose_min_minor=23 # configs with inline `content:` need Compose >= 2.23
 # podman + netavark (its network stack, the default of podman 4): the registrar's tests against a
 # Podman socket (`podman system service`, Docker-compatible API).
-apt_packages=(docker.io etcd-server etcd-client zookeeper debootstrap busybox-static podman netavark)
+apt_packages=(docker.io etcd-server etcd-client zookeeper debootstrap busybox-static podman netavark systemd)
 keyring=/usr/share/keyrings/debian-archive-keyring.gpg # holds bullseye, bookworm and trixie keys
 
 export DEBIAN_FRONTEND=noninteractive
