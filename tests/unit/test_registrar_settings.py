@@ -141,3 +141,25 @@ def test_missing_extra_is_named_with_the_install_command(tmp_path: Path) -> None
     assert helped.returncode == 0
     assert "REGISTRY_URL" in helped.stdout
     assert "pip install 'pykv[registrar]'" in helped.stdout
+
+
+def test_the_compatibility_table_matches_the_parser() -> None:
+    """Every registrator flag docs/registrar-compat.md calls supported or mapped is accepted
+    in registrator's spelling; every refused one is not."""
+    from pykv.registrar.settings import build_parser
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "registrar-compat.md").read_text()
+    accepted = set(build_parser()._option_string_actions)
+    checked = 0
+    for line in doc.split("## Flags", 1)[1].split("## Container", 1)[0].splitlines():
+        cells = [c.strip() for c in line.replace("\\|", "/").strip().strip("|").split("|")]
+        if len(cells) != 4 or not cells[0].startswith("`-") or cells[0].startswith("`-h "):
+            continue
+        flag = cells[0].strip("`").split()[0]
+        if cells[2] == "refused":
+            assert flag not in accepted, flag
+        else:
+            assert cells[2] in ("supported", "mapped"), line
+            assert flag in accepted, flag
+        checked += 1
+    assert checked == 13
