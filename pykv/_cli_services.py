@@ -81,11 +81,7 @@ def run_services(store: Store, args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
     first = True
     with registry.watch(name) as watch:
-        while not stop.is_set():
-            try:
-                endpoints = watch.get(timeout=0.2)
-            except TimeoutError:
-                continue
+        for endpoints in watch.follow(stop):  # a failed watch raises: no spinning on it
             if not as_json and not first:
                 sys.stdout.write("\n")
             first = False

@@ -25,7 +25,10 @@ Layout (a public format: other tools read it)
     ``metadata`` an object of string values; ``node`` the host (Docker engine) that published
     it; ``container_id`` and ``container_name`` are empty for endpoints not from a container.
     Writers emit keys in this order with compact separators; readers must ignore unknown keys,
-    which later versions may add. With a TTL the key is ephemeral: it lives while the writing
+    which later versions may add. A value that is not such an object (bad JSON, a known key of
+    the wrong type, a port out of range, more than :data:`MAX_ENTRY_BYTES`) is malformed:
+    :class:`Registry` skips it, counts it in :attr:`Registry.skipped` and logs it once, and
+    the other endpoints keep flowing. With a TTL the key is ephemeral: it lives while the writing
     store is open and disappears within the TTL (plus the backend's slack) after the writer
     dies, so a dead host's endpoints vanish by themselves.
 
@@ -39,16 +42,16 @@ Backend-specific catalogs
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from ._errors import InvalidKeyError, KeyNotFoundError, WatchClosedError
+from ._errors import InvalidKeyError, KeyNotFoundError, PyKVError, WatchClosedError
 from ._store import Closing, KVPair, Store, Watch
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -56,12 +59,18 @@ __all__ = [
     "CatalogPublisher",
     "Endpoint",
     "EndpointWatch",
+    "MalformedEntries",
     "Registry",
     "check_segment",
 ]
 
+log = logging.getLogger("pykv.discovery")
+
 DEFAULT_PREFIX = "services"
 PROTOCOLS = ("tcp", "udp")
+#: Readers skip larger values unparsed: no writer of this layout comes near it.
+MAX_ENTRY_BYTES = 1024 * 1024
+_STRINGS = ("service", "id", "address", "protocol", "node", "container_id", "container_name")
 
 
 def check_segment(value: str, what: str) -> str:
@@ -124,32 +133,56 @@ class Endpoint:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Endpoint:
-        """Build from the JSON object; unknown keys are ignored. Raises ValueError when broken."""
+        """Build from the JSON object; unknown keys are ignored. Raises ValueError when a known
+        key is missing or of the wrong type, or the endpoint is invalid."""
+        for name in ("service", "id", "address", "port"):
+            if name not in data:
+                raise ValueError(f"not an endpoint: no {name!r}")
+        for name in _STRINGS:
+            if name in data and not isinstance(data[name], str):
+                raise ValueError(f"not an endpoint: {name!r} is not a string")
+        port = data["port"]
+        if isinstance(port, bool) or not isinstance(port, int):
+            raise ValueError(f"not an endpoint: 'port' is not an integer: {_cut(repr(port))}")
+        tags = data.get("tags", [])
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise ValueError("not an endpoint: 'tags' is not a list of strings")
+        metadata = data.get("metadata", {})
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+            raise ValueError("not an endpoint: 'metadata' is not an object of strings")
         try:
             return cls(
-                service=str(data["service"]),
-                id=str(data["id"]),
-                address=str(data["address"]),
-                port=int(data["port"]),
-                protocol=str(data.get("protocol", "tcp")),
-                tags=tuple(str(t) for t in data.get("tags", ())),
-                metadata={str(k): str(v) for k, v in dict(data.get("metadata", {})).items()},
-                node=str(data.get("node", "")),
-                container_id=str(data.get("container_id", "")),
-                container_name=str(data.get("container_name", "")),
+                service=data["service"],
+                id=data["id"],
+                address=data["address"],
+                port=port,
+                protocol=data.get("protocol", "tcp"),
+                tags=tuple(tags),
+                metadata=metadata,
+                node=data.get("node", ""),
+                container_id=data.get("container_id", ""),
+                container_name=data.get("container_name", ""),
             )
-        except (KeyError, TypeError, InvalidKeyError) as exc:
-            raise ValueError(f"not an endpoint: {exc}") from exc
+        except (TypeError, ValueError) as exc:  # InvalidKeyError is a ValueError
+            raise ValueError(f"not an endpoint: {_cut(str(exc))}") from exc
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Endpoint:
+        """Parse the JSON form. Raises ValueError, and only ValueError, for anything else:
+        bad JSON or UTF-8, nesting too deep to parse, numbers out of range, wrong types."""
+        if len(text) > MAX_ENTRY_BYTES:
+            raise ValueError(f"not an endpoint: {len(text)} bytes (limit {MAX_ENTRY_BYTES})")
         try:
             data = json.loads(text)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"not an endpoint: {exc}") from exc
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+            raise ValueError(f"not an endpoint: {_cut(str(exc) or type(exc).__name__)}") from exc
         if not isinstance(data, dict):
             raise ValueError("not an endpoint: the JSON value is not an object")
         return cls.from_dict(data)
+
+
+def _cut(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 @dataclass(frozen=True)
@@ -190,38 +223,85 @@ class CatalogPublisher(Protocol):
         """Mark the TTL check of ``endpoint_id`` as passing for another ``ttl``."""
 
 
-def _parse(pairs: Sequence[KVPair]) -> list[Endpoint]:
-    """Endpoints of a listing; values that are not endpoints are skipped (not our data)."""
-    endpoints = []
-    for pair in pairs:
-        try:
-            endpoints.append(Endpoint.from_json(pair.value))
-        except ValueError:
-            continue
-    endpoints.sort(key=lambda e: (e.service, e.id))
-    return endpoints
+class MalformedEntries:
+    """Counts the malformed entries a reader skipped, and logs each one once.
+
+    An entry is one key at one revision: rewriting a bad key counts (and logs) again. The
+    memory of what was seen is bounded; a long-forgotten entry may be logged a second time.
+    """
+
+    _REMEMBER = 10_000
+
+    def __init__(self, logger: logging.Logger = log) -> None:
+        self._log = logger
+        self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._lock = threading.Lock()
+        self.count = 0  #: distinct malformed entries seen
+
+    def note(self, pair: KVPair, error: BaseException) -> bool:
+        """Record that ``pair`` is malformed; True (and logged) the first time it is seen."""
+        ident = (pair.key, pair.revision)
+        with self._lock:
+            if ident in self._seen:
+                return False
+            self._seen[ident] = None
+            if len(self._seen) > self._REMEMBER:
+                self._seen.popitem(last=False)
+            self.count += 1
+        self._log.warning(
+            "skipping malformed endpoint entry %s (revision %s): %s",
+            _cut(pair.key, 200),
+            pair.revision,
+            error,
+        )
+        return True
+
+    def parse(self, pairs: Sequence[KVPair]) -> list[Endpoint]:
+        """The endpoints of a listing, sorted by service and id; malformed ones skipped."""
+        endpoints = []
+        for pair in pairs:
+            try:
+                endpoints.append(Endpoint.from_json(pair.value))
+            except ValueError as exc:
+                self.note(pair, exc)
+        endpoints.sort(key=lambda e: (e.service, e.id))
+        return endpoints
 
 
 class EndpointWatch(Closing):
     """A :class:`~pykv.Watch` of endpoint lists: the full sorted list first, then on each change.
 
     Events whose list equals the previous one (a TTL refresh, a rewrite with the same data) are
-    skipped. Iterate it or call :meth:`get`; :meth:`close` ends it.
+    skipped, and so are malformed entries (counted by the registry). Iterate it, call
+    :meth:`get`, or :meth:`follow` it until a stop event; :meth:`close` ends it.
     """
 
-    def __init__(self, inner: Watch[list[KVPair]], service: str | None) -> None:
+    def __init__(
+        self,
+        inner: Watch[list[KVPair]],
+        service: str | None,
+        malformed: MalformedEntries | None = None,
+    ) -> None:
         self._inner = inner
         self._service = service
+        self._malformed = malformed or MalformedEntries()
         self._last: list[Endpoint] | None = None
 
     def _convert(self, pairs: list[KVPair]) -> list[Endpoint]:
-        endpoints = _parse(pairs)
+        endpoints = self._malformed.parse(pairs)
         if self._service is not None:
             endpoints = [e for e in endpoints if e.service == self._service]
         return endpoints
 
     def get(self, timeout: float | None = None) -> list[Endpoint]:
-        """The next changed list; :class:`TimeoutError` when none comes within ``timeout``."""
+        """The next changed list; :class:`TimeoutError` when none comes within ``timeout``.
+
+        A watch that failed raises its error, a :class:`~pykv.PyKVError`, on this and every
+        later call; that error may itself be a TimeoutError
+        (:class:`~pykv.OperationTimeoutError`), so a loop polling with a timeout must treat
+        ``PyKVError`` as the end before it treats ``TimeoutError`` as "nothing yet", as
+        :meth:`follow` does.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -229,6 +309,19 @@ class EndpointWatch(Closing):
             if endpoints != self._last:
                 self._last = endpoints
                 return endpoints
+
+    def follow(self, stop: threading.Event, poll: float = 0.2) -> Iterator[list[Endpoint]]:
+        """Each changed list until ``stop`` is set or the watch is closed (checked every
+        ``poll`` seconds). A failed watch ends it with the watch's error."""
+        while not stop.is_set():
+            try:
+                yield self.get(timeout=poll)
+            except WatchClosedError:
+                return
+            except PyKVError:
+                raise  # the watch failed: OperationTimeoutError is a TimeoutError too
+            except TimeoutError:
+                continue
 
     def __iter__(self) -> Iterator[list[Endpoint]]:
         return self
@@ -251,13 +344,20 @@ class Registry(Closing):
     """Endpoints of services in a store, below ``prefix`` (default ``services``).
 
     The registry does not own the store: TTL endpoints stay alive while the store is open.
-    Used as a context manager, it deregisters on exit the endpoints it registered.
+    Used as a context manager, it deregisters on exit the endpoints it registered. Malformed
+    entries below the prefix are skipped by every reader (see the module documentation).
     """
 
     def __init__(self, store: Store, prefix: str = DEFAULT_PREFIX) -> None:
         self.store = store
         self.prefix = prefix.strip("/")
         self._registered: dict[str, Endpoint] = {}
+        self._malformed = MalformedEntries()
+
+    @property
+    def skipped(self) -> int:
+        """How many malformed entries (key at a revision) this registry's readers skipped."""
+        return self._malformed.count
 
     def __repr__(self) -> str:
         return f"<Registry {self.prefix!r} on {self.store}>"
@@ -289,7 +389,7 @@ class Registry(Closing):
             pairs = self.store.list(self._service_prefix(service))
         except KeyNotFoundError:
             return []
-        return [e for e in _parse(pairs) if e.service == service]
+        return [e for e in self._malformed.parse(pairs) if e.service == service]
 
     def all_endpoints(self) -> list[Endpoint]:
         """Every endpoint of every service, sorted by service and id."""
@@ -297,7 +397,7 @@ class Registry(Closing):
             pairs = self.store.list(self.prefix)
         except KeyNotFoundError:
             return []
-        return _parse(pairs)
+        return self._malformed.parse(pairs)
 
     def services(self) -> list[str]:
         """The names of services with at least one endpoint, sorted."""
@@ -307,7 +407,7 @@ class Registry(Closing):
         """Watch one service (or every service when None): lists of endpoints, first the
         current one, then one per change."""
         prefix = self.prefix if service is None else self._service_prefix(service)
-        return EndpointWatch(self.store.watch_tree(prefix), service)
+        return EndpointWatch(self.store.watch_tree(prefix), service, self._malformed)
 
     def close(self) -> None:
         """Deregister what this registry registered. The store stays open."""

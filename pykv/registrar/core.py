@@ -16,6 +16,17 @@ Threads
     * ``ticker``: pings Docker (a silent dead stream is closed and reconnected), requests the
       periodic resync, and passes Consul catalog TTL checks.
 
+    Every thread runs supervised: an unexpected exception is logged with its traceback,
+    counted (``errors_total{kind="thread"}``), shown by ``/healthz`` (503 while the thread is
+    down), and the thread is restarted after a backoff, followed by a full reconciliation.
+
+Hostile or careless input
+    A container whose labels make no valid entry (see the bounds in :mod:`.model`) is skipped:
+    one log line naming it and the reason, ``skipped_total{what="container"}``, and nothing
+    else changes. An entry the store refuses (an invalid key) is skipped the same way
+    (``what="entry"``), never taken for a store outage. Malformed values found under the prefix
+    are skipped, counted (``what="malformed"``) and logged once each.
+
 Writes
     ``_written`` is what this process believes the store holds (key -> JSON). A worker writes a
     key only when its target differs. When the store fails (unavailable, time-out) the registrar
@@ -41,14 +52,20 @@ import docker.errors
 import requests
 import tenacity
 
-from .._errors import KeyNotFoundError, OperationTimeoutError, PyKVError, UnavailableError
+from .._errors import (
+    InvalidKeyError,
+    KeyNotFoundError,
+    OperationTimeoutError,
+    PyKVError,
+    UnavailableError,
+)
 from .._store import Store
-from ..discovery import CatalogCheck, CatalogPublisher, Endpoint
-from .model import ModelSettings, container_endpoints, container_state
+from ..discovery import CatalogCheck, CatalogPublisher, Endpoint, MalformedEntries
+from .model import ModelSettings, container_endpoints, container_state, evaluate
 from .observe import Metrics
 from .settings import Settings, parse_duration
 
-__all__ = ["Registrar", "default_host_ip"]
+__all__ = ["Registrar", "default_host_ip", "exponential_backoff"]
 
 log = logging.getLogger("pykv.registrar")
 
@@ -63,6 +80,8 @@ _ENGINE_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,  # a truncated JSON chunk when the connection dies mid-event
 )
 _STORE_DOWN = (UnavailableError, OperationTimeoutError)
+#: Errors about one entry, not about the store: that entry is skipped, the rest goes on.
+_ENTRY_REFUSED = (InvalidKeyError,)
 
 
 def default_host_ip() -> str:
@@ -151,6 +170,11 @@ class Registrar:
             queue.SimpleQueue() for _ in range(settings.workers)
         ]
         self._threads: list[threading.Thread] = []
+        self._down: dict[str, str] = {}  # thread name -> the error it is restarting after
+        self._restarts = 0
+        self._complaints: dict[str, str] = {}  # container id -> what was last logged about it
+        self._refused: dict[str, str] = {}  # key -> the target the store refused
+        self._malformed = MalformedEntries(log)
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -169,9 +193,32 @@ class Registrar:
         for n, q in enumerate(self._queues):
             targets.append((f"worker-{n}", lambda q=q: self._worker_loop(q)))  # type: ignore[misc]
         for name, target in targets:
-            thread = threading.Thread(target=target, name=f"pykv-registrar-{name}", daemon=True)
+            thread = threading.Thread(
+                target=self._supervised, args=(name, target), name=f"pykv-registrar-{name}",
+                daemon=True,
+            )  # fmt: skip
             thread.start()
             self._threads.append(thread)
+
+    def _supervised(self, name: str, target: Callable[[], None]) -> None:
+        """Run ``target`` until it returns (it does when stopping); restart it after a crash."""
+        backoff = exponential_backoff(0.5, self.settings.max_backoff)
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                target()
+                return
+            except Exception as exc:
+                failures += 1
+                self.metrics.errors.labels("thread").inc()
+                with self._state:
+                    self._down[name] = f"{type(exc).__name__}: {exc}"[:300]
+                log.exception("thread %s failed; restarting it", name)
+            self._stop.wait(_backoff_seconds(backoff, failures))
+            with self._state:
+                self._down.pop(name, None)
+                self._restarts += 1
+            self._request_reconcile(docker_too=True)  # whatever it was doing is redone
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """True once connected and the first reconciliation is done."""
@@ -224,14 +271,24 @@ class Registrar:
         return self._model.node if self._model else self.settings.node
 
     def health(self) -> tuple[bool, dict[str, Any]]:
+        """(ok, detail) for ``/healthz``: ok when connected to Docker, the store writable, the
+        first reconciliation done and no thread down. Skipped containers do not count."""
         connected = self._connected.is_set()
+        with self._state:
+            down = dict(self._down)
+            skipped = sum(1 for text in self._complaints.values() if text.startswith("skipped"))
         detail: dict[str, Any] = {
             "docker": "connected" if connected else "disconnected",
             "store": "error: " + self._store_error if self._dirty else "ok",
             "node": self.node,
             "published": len(self._written),
+            "skipped_containers": skipped,
+            "thread_restarts": self._restarts,
         }
-        return connected and not self._dirty and self._ready.is_set(), detail
+        if down:
+            detail["threads_down"] = down
+        ok = connected and not self._dirty and self._ready.is_set() and not down
+        return ok, detail
 
     def published(self) -> dict[str, Endpoint]:
         """What this registrar wants in the store now (key -> endpoint)."""
@@ -262,6 +319,7 @@ class Registrar:
                     network=self.settings.network,
                     explicit=self.settings.explicit,
                     tags=self.settings.tags,
+                    ip_label=self.settings.use_ip_from_label,
                 )
             # Subscribe before listing containers, so that no start between the two is missed.
             stream = client.api.events(
@@ -285,7 +343,7 @@ class Registrar:
     def _engine_loop(self) -> None:
         while not self._stop.is_set():
             retrying = tenacity.Retrying(
-                wait=tenacity.wait_exponential_jitter(initial=0.2, max=self.settings.max_backoff),
+                wait=exponential_backoff(0.2, self.settings.max_backoff),
                 retry=tenacity.retry_if_exception_type(_ENGINE_ERRORS),
                 stop=tenacity.stop_when_event_set(self._stop),
                 sleep=self._sleep,
@@ -368,8 +426,10 @@ class Registrar:
             log.warning("cannot inspect %s: %s", cid[:12], exc)
             self._request_reconcile(docker_too=True)
             return
-        endpoints = container_endpoints(info, model) if info is not None else []
+        endpoints = self._evaluate(cid, info, model) if info is not None else []
         with self._state:
+            if info is None:
+                self._complaints.pop(cid, None)
             previous = self._desired.get(cid, {})
             if not endpoints and info is not None and self._keep_stopped(info):
                 return  # --deregister on-success: a failed container stays published
@@ -387,6 +447,33 @@ class Registrar:
         elif previous:
             log.info("container %s: withdrawn (%s)", cid[:12], _why(info))
         self._flush(set(previous) | set(new))
+
+    def _evaluate(self, cid: str, info: dict[str, Any], model: ModelSettings) -> list[Endpoint]:
+        """The container's endpoints; a refusal or a cut is logged (and counted) once."""
+        result = evaluate(info, model)
+        complaint = ""
+        if result.refused:
+            complaint = f"skipped: {result.refused}"
+        elif result.cuts:
+            complaint = f"published with labels cut: {'; '.join(result.cuts)}"
+        with self._state:
+            if self._complaints.get(cid, "") == complaint:
+                return result.endpoints
+            if complaint:
+                self._complaints[cid] = complaint
+            else:
+                self._complaints.pop(cid, None)
+        if complaint:
+            name = str(info.get("Name") or "").lstrip("/")[:100]
+            if result.refused:
+                self.metrics.skipped.labels("container").inc()
+            else:
+                self.metrics.cut.inc()
+            log.warning(
+                "container %s (%s) %s", name, cid[:12], complaint,
+                extra={"container": name, "container_id": cid},
+            )  # fmt: skip
+        return result.endpoints
 
     def _keep_stopped(self, info: dict[str, Any]) -> bool:
         state = info.get("State") or {}
@@ -460,15 +547,30 @@ class Registrar:
                         self._delete(key)
                         self._written.pop(key, None)
                     else:
-                        self._put(key, target)
-                        self._written[key] = target
+                        self._write_entry(key, target)
                 except _STORE_DOWN as exc:
                     self._mark_dirty(exc)
                     return
                 except PyKVError as exc:
                     self.metrics.errors.labels("store").inc()
-                    log.error("store write of %s failed: %s", key, exc)
+                    log.error("store write of %s failed: %s", key[:300], exc)
             self.metrics.published.set(len(self._written))
+
+    def _write_entry(self, key: str, target: str) -> bool:
+        """Put ``target`` at ``key``; False when the store refuses that entry (logged once,
+        counted), which is not a store failure. Store outages raise."""
+        try:
+            self._put(key, target)
+        except _ENTRY_REFUSED as exc:
+            self._written.pop(key, None)
+            if self._refused.get(key) != target:
+                self._refused[key] = target
+                self.metrics.skipped.labels("entry").inc()
+                log.warning("the store refused the entry %s: %s", key[:200], exc)
+            return False
+        self._refused.pop(key, None)
+        self._written[key] = target
+        return True
 
     def _mark_dirty(self, exc: BaseException) -> None:
         self.metrics.errors.labels("store").inc()
@@ -489,7 +591,9 @@ class Registrar:
         for pair in pairs:
             try:
                 endpoint = Endpoint.from_json(pair.value)
-            except ValueError:
+            except ValueError as exc:
+                if self._malformed.note(pair, exc):
+                    self.metrics.skipped.labels("malformed").inc()
                 continue
             if endpoint.node == self.node:
                 key = (
@@ -538,10 +642,16 @@ class Registrar:
             for key, value in sorted(targets.items()):
                 if value is None:
                     continue
+                if self._refused.get(key) == value:
+                    continue  # refused before; the store's rules did not change
                 if force or present.get(key) != value or self._written.get(key) != value:
-                    self._put(key, value)
+                    if not self._write_entry(key, value):
+                        continue
                     writes += 1
                 self._written[key] = value
+            for key in list(self._refused):
+                if targets.get(key) is None:
+                    del self._refused[key]
             for key in sorted(set(present) | set(self._written)):
                 if key in targets:
                     continue
@@ -575,7 +685,7 @@ class Registrar:
         first = True
         failures = 0
         last_docker = 0.0
-        backoff = tenacity.wait_exponential_jitter(initial=0.2, max=self.settings.max_backoff)
+        backoff = exponential_backoff(0.2, self.settings.max_backoff)
         while not self._stop.is_set():
             if not self._reconcile_wanted.wait(0.5):
                 continue
@@ -628,6 +738,7 @@ class Registrar:
 
     def _tick_loop(self) -> None:
         last_resync = last_ping = last_pass = time.monotonic()
+        pass_every = self.settings.ttl_refresh or (self._ttl or 30.0) / 3
         while not self._stop.wait(0.5):
             now = time.monotonic()
             if self.settings.resync > 0 and now - last_resync >= self.settings.resync:
@@ -639,7 +750,7 @@ class Registrar:
             if now - last_ping >= self.settings.ping_interval:
                 last_ping = now
                 self._ping()
-            if self._catalog is not None and now - last_pass >= (self._ttl or 30.0) / 3:
+            if self._catalog is not None and now - last_pass >= pass_every:
                 last_pass = now
                 self._pass_catalog_checks()
 
@@ -676,6 +787,14 @@ class _Timer:
         self._histogram.observe(time.perf_counter() - self._start)
 
 
+def exponential_backoff(initial: float, maximum: float) -> Any:
+    """tenacity's exponential wait with jitter, from ``initial`` up to ``maximum`` seconds."""
+    try:
+        return tenacity.wait_exponential_jitter(multiplier=initial, max=maximum)
+    except TypeError:  # tenacity before 9.1 calls it ``initial``
+        return tenacity.wait_exponential_jitter(initial=initial, max=maximum)
+
+
 def _backoff_seconds(wait: Any, attempt: int) -> float:
     """A tenacity wait strategy's delay for the ``attempt``-th consecutive failure."""
     state = tenacity.RetryCallState(tenacity.Retrying(), None, (), {})
@@ -696,17 +815,19 @@ def _why(info: dict[str, Any] | None) -> str:
 
 
 def _checks(endpoint: Endpoint) -> list[CatalogCheck]:
-    """Catalog checks from ``SERVICE_CHECK_HTTP`` (a path), ``SERVICE_CHECK_TCP`` (true),
-    ``SERVICE_CHECK_INTERVAL`` and ``SERVICE_CHECK_TIMEOUT``."""
+    """Catalog checks from registrator's ``SERVICE_CHECK_HTTP`` / ``_HTTPS`` (a path),
+    ``SERVICE_CHECK_TCP`` (true), ``SERVICE_CHECK_INTERVAL`` and ``SERVICE_CHECK_TIMEOUT``.
+    The other ``SERVICE_CHECK_*`` stay metadata only (see docs/registrar-compat.md)."""
     meta = endpoint.metadata
     host = f"[{endpoint.address}]" if ":" in endpoint.address else endpoint.address
     interval = _duration(meta.get("check_interval"), 10.0)
     timeout = _duration(meta.get("check_timeout"), 5.0)
     checks = []
-    path = meta.get("check_http")
-    if path:
-        url = f"http://{host}:{endpoint.port}/{path.lstrip('/')}"
-        checks.append(CatalogCheck("http", url, interval, timeout))
+    for name, scheme in (("check_http", "http"), ("check_https", "https")):
+        path = meta.get(name)
+        if path:
+            url = f"{scheme}://{host}:{endpoint.port}/{path.lstrip('/')}"
+            checks.append(CatalogCheck("http", url, interval, timeout))
     if meta.get("check_tcp", "").strip().lower() in ("1", "true", "yes", "on"):
         checks.append(CatalogCheck("tcp", f"{host}:{endpoint.port}", interval, timeout))
     return checks

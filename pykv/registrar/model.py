@@ -5,6 +5,9 @@ Pure functions, no I/O, compatible with gliderlabs/registrator's conventions:
 * One endpoint per published port (with ``internal``: per exposed port, at the container's IP
   and port). ``udp`` ports are endpoints of their own.
 * Id ``<node>:<container-name>:<container-port>[:udp]``; ``node`` is the Docker engine's name.
+  ``SERVICE_ID`` / ``SERVICE_<port>_ID`` replace ``<container-name>:<container-port>`` (the
+  node stays in front, so two hosts never write one key; ``:<port>`` is appended when several
+  ports share one ``SERVICE_ID``).
 * Name: ``SERVICE_<port>_NAME``, else ``SERVICE_NAME``, else the image's base name
   (``registry:5000/team/web:1.2`` gives ``web``); ``-<port>`` is appended when the container has
   several ports and no port-specific name.
@@ -17,32 +20,57 @@ Pure functions, no I/O, compatible with gliderlabs/registrator's conventions:
   ``false/0/no/off`` do not.
 * ``explicit``: only ports whose service is named (``SERVICE_NAME`` or ``SERVICE_<port>_NAME``).
 * Published when running, not paused, and healthy if the container has a health check.
+* ``ip_label`` (registrator's ``-useIpFromLabel``): the address in that container label (a
+  CIDR suffix is dropped) replaces the host address; not with ``internal``.
+* Bounded (``MAX_*``): too many or too long tags and metadata values are cut; a name, id,
+  address label or whole entry beyond the bounds refuses the container, with the reason in
+  :class:`Evaluation` (the registrar logs it once and counts it).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from ..discovery import Endpoint
 
 __all__ = [
+    "MAX_ENTRY_BYTES",
+    "Evaluation",
     "ModelSettings",
     "container_endpoints",
     "container_state",
+    "evaluate",
     "image_base_name",
     "parse_bool",
     "service_attributes",
+    "unique",
 ]
 
+_T = TypeVar("_T")
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f", ""}
 _NAME_JUNK = re.compile(r"[^A-Za-z0-9_.:@+-]+")
 # SERVICE_<port>_<KEY> with a numeric port: port-specific attributes.
 _PORT_KEY = re.compile(r"^(\d+)_(.+)$")
+# Attributes that shape the endpoint itself; every other one is metadata.
+_NOT_METADATA = frozenset({"NAME", "TAGS", "IGNORE", "ID"})
+
+# Bounds on what labels may put into one entry: one careless or hostile container must not
+# wedge the registrar or the store (keys are at most 1,024 bytes; Consul refuses values over
+# 512 KiB, ZooKeeper over 1 MiB). Beyond them tags and metadata are cut; a name, id or entry
+# beyond them refuses the container (a cut name or id would publish a different service).
+MAX_NAME = 128  # characters of a service name, after sanitising
+MAX_ID = 256  # characters of an endpoint id
+MAX_TAGS = 64  # tags per endpoint
+MAX_TAG = 256  # characters per tag
+MAX_METADATA = 64  # metadata keys per endpoint
+MAX_METADATA_KEY = 128
+MAX_METADATA_VALUE = 4096
+MAX_ENTRY_BYTES = 32 * 1024  # the JSON of one entry
 
 
 @dataclass(frozen=True)
@@ -56,6 +84,7 @@ class ModelSettings:
     network: str = ""
     explicit: bool = False
     tags: tuple[str, ...] = ()
+    ip_label: str = ""  # -useIpFromLabel: the container label holding its address
 
 
 def parse_bool(value: str) -> bool:
@@ -185,8 +214,112 @@ def _unbracket(ip: str) -> str:
         return ip  # a host name
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """What one container should have published, and why not or what was cut.
+
+    ``refused`` names why the container gets no endpoint at all although it asks for some (a
+    name, id, address or entry beyond the bounds); ``cuts`` what was dropped from its labels
+    (tags, metadata) to keep its entries within the bounds.
+    """
+
+    endpoints: list[Endpoint]
+    refused: str = ""
+    cuts: tuple[str, ...] = ()
+
+
+class _Refused(Exception):
+    """Raised inside :func:`evaluate`: the container gets no endpoint, for this reason."""
+
+
+def unique(items: Iterable[_T]) -> list[_T]:
+    """``items`` without repeats, in first-seen order, in linear time."""
+    return list(dict.fromkeys(items))
+
+
+def _short(text: str, limit: int = 40) -> str:
+    """``text`` quoted, cut to ``limit`` characters for a log line (labels can be huge)."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} chars)"
+
+
+def _split_attributes(
+    attrs: Mapping[str, str],
+) -> tuple[dict[str, str], dict[int, dict[str, str]]]:
+    """General ``SERVICE_<KEY>`` attributes, and ``SERVICE_<port>_<KEY>`` ones by port."""
+    general: dict[str, str] = {}
+    by_port: dict[int, dict[str, str]] = {}
+    for key, value in attrs.items():
+        m = _PORT_KEY.match(key)
+        if m is None:
+            general[key] = value
+        elif len(m.group(1)) <= 5:  # a longer number is no port (and int() of it is costly)
+            by_port.setdefault(int(m.group(1)), {})[m.group(2)] = value
+    return general, by_port
+
+
+def _tags(raw: str, extra: Sequence[str], cuts: list[str]) -> tuple[str, ...]:
+    tags = unique(t for t in (t.strip() for t in [*raw.split(","), *extra]) if t)
+    long = [t for t in tags if len(t) > MAX_TAG]
+    if long:
+        cuts.append(f"{len(long)} tag(s) longer than {MAX_TAG} characters dropped")
+        tags = [t for t in tags if len(t) <= MAX_TAG]
+    if len(tags) > MAX_TAGS:
+        cuts.append(f"{len(tags)} tags, kept the first {MAX_TAGS}")
+        tags = tags[:MAX_TAGS]
+    return tuple(tags)
+
+
+def _metadata(merged: Mapping[str, str], cuts: list[str]) -> dict[str, str]:
+    metadata: dict[str, str] = {}
+    dropped = 0
+    for key, value in sorted(merged.items()):
+        if key in _NOT_METADATA:
+            continue
+        if len(key) > MAX_METADATA_KEY or len(value) > MAX_METADATA_VALUE:
+            dropped += 1
+            continue
+        metadata[key.lower()] = value
+    if dropped:
+        cuts.append(
+            f"{dropped} metadata value(s) dropped (keys over {MAX_METADATA_KEY} or values "
+            f"over {MAX_METADATA_VALUE} characters)"
+        )
+    if len(metadata) > MAX_METADATA:
+        cuts.append(f"{len(metadata)} metadata keys, kept the first {MAX_METADATA} by name")
+        metadata = dict(list(metadata.items())[:MAX_METADATA])
+    return metadata
+
+
+def _label_ip(container: Mapping[str, Any], label: str) -> str:
+    """The address in the container's label ``label`` (``-useIpFromLabel``), "" if unset."""
+    raw = str(((container.get("Config") or {}).get("Labels") or {}).get(label) or "").strip()
+    if not raw:
+        return ""
+    address = raw.split("/", 1)[0]  # registrator strips a CIDR suffix (10.0.0.5/24)
+    try:
+        return str(ipaddress.ip_address(address.strip("[]")))
+    except ValueError:
+        raise _Refused(f"label {label} = {_short(raw)} is not an IP address") from None
+
+
+def evaluate(container: Mapping[str, Any], settings: ModelSettings) -> Evaluation:
+    """The endpoints ``container`` should have now, or why it gets none (see the bounds)."""
+    cuts: list[str] = []
+    try:
+        endpoints = _endpoints(container, settings, cuts)
+    except _Refused as exc:
+        return Evaluation([], str(exc), tuple(unique(cuts)))
+    return Evaluation(endpoints, "", tuple(unique(cuts)))
+
+
 def container_endpoints(container: Mapping[str, Any], settings: ModelSettings) -> list[Endpoint]:
     """The endpoints ``container`` should have now (empty when it should have none)."""
+    return evaluate(container, settings).endpoints
+
+
+def _endpoints(
+    container: Mapping[str, Any], settings: ModelSettings, cuts: list[str]
+) -> list[Endpoint]:
     if container_state(container) != "published":
         return []
     attrs = service_attributes(container)
@@ -199,7 +332,7 @@ def container_endpoints(container: Mapping[str, Any], settings: ModelSettings) -
     container_id = str(container.get("Id") or "")
     image = str((container.get("Config") or {}).get("Image") or container.get("Image") or "")
     base_name = image_base_name(image)
-    internal_ip = ""
+    internal_ip = label_ip = ""
     if settings.internal:
         internal_ip = _container_ip(container, settings.network)
         if not internal_ip:
@@ -207,60 +340,85 @@ def container_endpoints(container: Mapping[str, Any], settings: ModelSettings) -
             if settings.network and settings.network != "host":
                 return []
             internal_ip = settings.ip
+    elif settings.ip_label:
+        label_ip = _label_ip(container, settings.ip_label)
+    general, by_port = _split_attributes(attrs)
     endpoints = []
     for p in ports:
-        port_attrs = {}
-        general = {}
-        for key, value in attrs.items():
-            m = _PORT_KEY.match(key)
-            if m:
-                if int(m.group(1)) == p.port:
-                    port_attrs[m.group(2)] = value
-            else:
-                general[key] = value
+        port_attrs = by_port.get(p.port, {})
         merged = {**general, **port_attrs}
         if parse_bool_default(merged.get("IGNORE"), False):
             continue
-        named = "NAME" in merged and merged["NAME"].strip() != ""
+        named = merged.get("NAME", "").strip() != ""
         if settings.explicit and not named:
             continue
-        name = merged["NAME"].strip() if named else base_name
+        raw_name = merged["NAME"].strip() if named else base_name
         if len(ports) > 1 and not port_attrs.get("NAME", "").strip():
-            name = f"{name}-{p.port}"
-        name = sanitize_name(name)
+            raw_name = f"{raw_name}-{p.port}"
+        name = sanitize_name(raw_name)
         if not name:
-            continue
-        tags: list[str] = []
-        for raw_tag in [*merged.get("TAGS", "").split(","), *settings.tags]:
-            tag = raw_tag.strip()
-            if tag and tag not in tags:
-                tags.append(tag)
-        metadata = {
-            k.lower(): v for k, v in sorted(merged.items()) if k not in ("NAME", "TAGS", "IGNORE")
-        }
+            raise _Refused(f"service name {_short(raw_name)} has no usable characters")
+        if len(name) > MAX_NAME:
+            raise _Refused(f"service name is {len(name)} characters (limit {MAX_NAME})")
+        endpoint_id = _endpoint_id(settings.node, container_name, p, merged, port_attrs, ports)
+        tags = _tags(merged.get("TAGS", ""), settings.tags, cuts)
+        metadata = _metadata(merged, cuts)
         if settings.internal:
             address, port = internal_ip, p.port
         else:
             address = settings.ip if settings.ip_override or not p.host_ip else p.host_ip
+            address = label_ip or address
             port = p.host_port
-        endpoint_id = f"{settings.node}:{container_name}:{p.port}"
-        if p.protocol == "udp":
-            endpoint_id += ":udp"
-        endpoints.append(
-            Endpoint(
+        try:
+            endpoint = Endpoint(
                 service=name,
                 id=endpoint_id,
                 address=_unbracket(address),
                 port=port,
                 protocol=p.protocol,
-                tags=tuple(tags),
+                tags=tags,
                 metadata=metadata,
                 node=settings.node,
                 container_id=container_id,
                 container_name=container_name,
             )
-        )
+        except (ValueError, TypeError) as exc:  # InvalidKeyError is a ValueError
+            raise _Refused(f"port {p.port}: {_short(str(exc), 200)}") from None
+        size = len(endpoint.to_json().encode("utf-8"))
+        if size > MAX_ENTRY_BYTES:
+            raise _Refused(
+                f"the entry of port {p.port} is {size} bytes of JSON (limit {MAX_ENTRY_BYTES})"
+            )
+        endpoints.append(endpoint)
     return endpoints
+
+
+def _endpoint_id(
+    node: str,
+    container_name: str,
+    p: _Port,
+    merged: Mapping[str, str],
+    port_attrs: Mapping[str, str],
+    ports: Sequence[_Port],
+) -> str:
+    """``<node>:<container>:<port>[:udp]``, or ``<node>:<SERVICE_ID>`` (registrator's id,
+    scoped by the node so that two hosts never write the same key; ``:<port>`` is appended
+    when several ports share one general SERVICE_ID)."""
+    raw = merged.get("ID", "").strip()
+    if raw:
+        service_id = sanitize_name(raw)
+        if not service_id:
+            raise _Refused(f"SERVICE_ID {_short(raw)} has no usable characters")
+        endpoint_id = f"{node}:{service_id}"
+        if len(ports) > 1 and not port_attrs.get("ID", "").strip():
+            endpoint_id += f":{p.port}"
+    else:
+        endpoint_id = f"{node}:{container_name}:{p.port}"
+    if p.protocol == "udp":
+        endpoint_id += ":udp"
+    if len(endpoint_id) > MAX_ID:
+        raise _Refused(f"endpoint id is {len(endpoint_id)} characters (limit {MAX_ID})")
+    return endpoint_id
 
 
 def parse_bool_default(value: str | None, default: bool) -> bool:

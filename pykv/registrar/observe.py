@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+
+from .settings import parse_metrics_addr
 
 __all__ = ["JSONFormatter", "Metrics", "MetricsServer", "setup_logging"]
 
@@ -88,12 +91,28 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=self.registry,
         )
+        self.skipped = Counter(
+            "pykv_registrar_skipped_total",
+            "What was skipped, logged once each: containers whose labels make no valid entry, "
+            "entries the store refused, malformed entries found in the store",
+            ["what"],
+            registry=self.registry,
+        )
+        self.cut = Counter(
+            "pykv_registrar_labels_cut_total",
+            "Containers published with tags or metadata cut to the bounds",
+            registry=self.registry,
+        )
         self.writes = Counter(
             "pykv_registrar_store_writes_total",
             "Store writes (put, delete) made by the registrar",
             ["op"],
             registry=self.registry,
         )
+
+
+class _V6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
 
 
 class MetricsServer:
@@ -105,8 +124,8 @@ class MetricsServer:
         metrics: Metrics,
         health: Callable[[], tuple[bool, dict[str, Any]]],
     ) -> None:
-        host, _, port = addr.rpartition(":")
-        host = host.strip("[]") or "0.0.0.0"  # noqa: S104 (operators choose; the default is all)
+        host, port = parse_metrics_addr(addr)
+        host = host or "0.0.0.0"  # noqa: S104 (operators choose; the default is all)
         registry = metrics.registry
 
         class Handler(BaseHTTPRequestHandler):
@@ -128,7 +147,8 @@ class MetricsServer:
             def log_message(self, format: str, *args: Any) -> None:  # quiet
                 return
 
-        self.server = ThreadingHTTPServer((host, int(port)), Handler)
+        server_class = _V6Server if ":" in host else ThreadingHTTPServer
+        self.server = server_class((host, port), Handler)
         self.server.daemon_threads = True
         self.address = self.server.server_address
         self._thread = threading.Thread(

@@ -133,15 +133,23 @@ class RegistrarProc:
         self.runs = 0
         self.log = tmp / "registrar-0.log"
 
-    def start(self, *flags: str, env: dict[str, str] | None = None, wait: bool = True) -> None:
+    def start(
+        self,
+        *flags: str,
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+        positional_url: bool = False,
+    ) -> None:
+        """Start it; ``positional_url``: the store as registrator's REGISTRY_URL argument."""
         self.port = free_port()
         self.runs += 1
         self.log = self.tmp / f"registrar-{self.runs}.log"
+        store = [self.store_url] if positional_url else ["--store", self.store_url]
         args = [
             sys.executable, "-m", "pykv.registrar",
-            "--store", self.store_url, "--node", self.node, "--prefix", self.prefix,
+            "--node", self.node, "--prefix", self.prefix,
             "--metrics-addr", f"127.0.0.1:{self.port}", "--log-format", "json",
-            "--log-level", "DEBUG", *flags,
+            "--log-level", "DEBUG", *flags, *store,
         ]  # fmt: skip
         full_env = {**os.environ, **(env or {})}
         with self.log.open("wb") as out:
@@ -780,3 +788,142 @@ def test_many_containers_started_together_are_published(world: World) -> None:
     last_start = time.monotonic()
     wait_for(lambda: len(world.mine()) == len(names), 10, "all published")
     assert time.monotonic() - last_start < 10
+
+
+# -- hostile and careless input (issue 14) ------------------------------------------------------
+
+
+def _log_lines(reg: RegistrarProc, needle: str) -> list[dict[str, Any]]:
+    lines = []
+    for line in reg.logs().splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if needle in record.get("message", ""):
+                lines.append(record)
+    return lines
+
+
+@on_every_store
+def test_a_container_with_hostile_labels_is_skipped_and_nothing_else_changes(
+    world: World, docker_engine: Any
+) -> None:
+    world.reg.start("--ttl", str(TTL), "--resync", "1s")
+    before = world.c.run("before", "-p", "127.0.0.1::80")
+    world.wait_published(before)
+    bad = world.c.run("bad", "-p", "127.0.0.1::80", "--label", "SERVICE_NAME=" + "x" * 1100)
+    # 40,000 tags (240 kB: too long for one command-line argument, so through the API).
+    many = world.c.name("tags")
+    world.c.names.append(many)
+    tags = ",".join(f"t{i}" for i in range(40_000))
+    docker_engine.containers.run(
+        world.c.image, ["httpd", "-f", "-p", "80", "-h", "/www"], name=many, detach=True,
+        labels={**dict(x.split("=", 1) for x in world.c.labels[1::2]), "SERVICE_TAGS": tags},
+        ports={"80/tcp": ("127.0.0.1", None)},
+    )  # fmt: skip
+    after = world.c.run("after", "-p", "127.0.0.1::80")  # started after the bad ones
+    world.wait_published(after)
+    [e] = world.wait_published(many)
+    assert e.tags == tuple(f"t{i}" for i in range(64))
+    assert world.of(before)
+    time.sleep(3.5)  # a few resyncs: each evaluates every container again
+    assert world.of(bad) == []
+    health = world.reg.healthz()
+    assert health["ok"] is True, health
+    assert health["skipped_containers"] >= 1
+    assert "threads_down" not in health
+    skipped = _log_lines(world.reg, f"container {bad} (")
+    assert len(skipped) == 1, skipped  # one line, however many evaluations
+    assert skipped[0]["level"] == "warning"
+    assert skipped[0]["message"].endswith("skipped: service name is 1100 characters (limit 128)")
+    cut = [r for r in _log_lines(world.reg, f"container {many} (") if r["level"] == "warning"]
+    assert len(cut) == 1, cut
+    assert "40000 tags, kept the first 64" in cut[0]["message"]
+    metrics = world.reg.metrics()
+    assert _metric(metrics, 'pykv_registrar_skipped_total{what="container"}') >= 1
+    assert _metric(metrics, "pykv_registrar_labels_cut_total") >= 1
+    assert _metric(metrics, 'pykv_registrar_errors_total{kind="store"}') == 0
+    # Events of other containers are still followed.
+    _docker("pause", after)
+    world.wait_gone(after)
+    assert world.reg.alive()
+
+
+#: Entries a careless or hostile writer can leave under the registrar's prefix.
+_MALFORMED = {
+    "inf-port": b'{"service":"web","id":"x","address":"a","port":1e400,"node":"n"}',
+    "deep": b"[" * 100_000 + b"]" * 100_000,
+    "wrong-types": b'{"service":"web","id":"y","address":"a","port":"80","tags":7}',
+}
+
+
+@on_every_store
+def test_malformed_entries_are_skipped_by_registrar_and_readers(world: World) -> None:
+    store = world.registry.store
+    for name, value in _MALFORMED.items():
+        store.put(f"{world.reg.prefix}/web/{name}", value)
+    world.reg.start("--ttl", str(TTL), "--resync", "1s", "--cleanup")
+    name = world.c.run("good", "-p", "127.0.0.1::80")
+    [e] = world.wait_published(name)
+    assert world.registry.skipped == len(_MALFORMED)
+    assert [x.id for x in world.registry.endpoints(e.service)] == [e.id]
+    with world.registry.watch() as watch:  # every service: the malformed ones are below "web"
+        assert e.id in [x.id for x in watch.get(timeout=10)]
+    metrics = world.reg.metrics()
+    reconciles = _metric(metrics, "pykv_registrar_reconciles_total")
+    wait_for(
+        lambda: _metric(world.reg.metrics(), "pykv_registrar_reconciles_total") >= reconciles + 2,
+        15, "the reconciler to keep running", world.reg,
+    )  # fmt: skip
+    health = world.reg.healthz()
+    assert health["ok"] is True, health
+    assert health["thread_restarts"] == 0
+    metrics = world.reg.metrics()
+    assert _metric(metrics, 'pykv_registrar_skipped_total{what="malformed"}') == len(_MALFORMED)
+    assert len(_log_lines(world.reg, "malformed endpoint entry")) == len(_MALFORMED)
+    # --cleanup removes only this node's entries: the malformed ones are nobody's.
+    assert store.exists(f"{world.reg.prefix}/web/inf-port")
+    # `pykv services` prints the good endpoint and skips the rest.
+    proc = subprocess.run(
+        [sys.executable, "-m", "pykv", "--store", world.reg.store_url, "services", "--json",
+         "--prefix", world.reg.prefix],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert e.id in [d["id"] for d in json.loads(proc.stdout)]
+    assert proc.stderr.count("malformed endpoint entry") == len(_MALFORMED)
+
+
+# -- registrator's conventions (issue 15) -------------------------------------------------------
+
+
+@on_every_store
+def test_registrator_invocation_service_id_scoped_by_node_and_ip_from_label(
+    world: World, tmp_path: Path
+) -> None:
+    """Two registrars (two hosts) started as registrator is, with the store as the positional
+    URL, publish one container's SERVICE_ID each under their own node: neither overwrites."""
+    other = RegistrarProc(tmp_path / "other", world.reg.store_url, f"{world.node}-b",
+                          world.reg.prefix)  # fmt: skip
+    other.tmp.mkdir()
+    flags = ("-ttl", f"{TTL:g}", "-tags", "reg", "-useIpFromLabel", "net.ip", "-cleanup=false")
+    try:
+        world.reg.start(*flags, positional_url=True)
+        other.start(*flags, positional_url=True)
+        name = world.c.run(
+            "sid", "-p", "127.0.0.1::80",
+            "--label", "SERVICE_ID=shared-id", "--label", "SERVICE_NAME=sid",
+            "--label", "net.ip=10.9.8.7/24",
+        )  # fmt: skip
+        wait_for(lambda: len(world.of(name)) == 2, 10, "both nodes' entries", world.reg)
+        got = sorted((e.id, e.node, e.address, e.tags) for e in world.of(name))
+        assert got == [
+            (f"{world.node}-b:shared-id", f"{world.node}-b", "10.9.8.7", ("reg",)),
+            (f"{world.node}:shared-id", world.node, "10.9.8.7", ("reg",)),
+        ]
+        port = world.c.host_port(name, "80/tcp")
+        assert {e.port for e in world.of(name)} == {port}
+        assert other.signal(signal.SIGKILL) != 0
+        time.sleep(TTL + world.slack)  # the other host's entry expires, ours stays
+        assert [e.node for e in world.of(name)] == [world.node]
+    finally:
+        other.stop()

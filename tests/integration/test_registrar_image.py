@@ -131,3 +131,86 @@ def test_sidecar_container_publishes_other_containers(
     assert time.monotonic() - started < 15
     state = json.loads(_docker("inspect", sidecar).stdout)[0]["State"]
     assert state["ExitCode"] == 0
+
+
+def test_compose_example_runs_the_sidecar(
+    registrar_image: str,
+    busybox_image: str,
+    docker_labels: dict[str, str],
+    names: list[str],
+    tmp_path: Path,
+) -> None:
+    """docker/compose.registrar.yaml, as shipped, brings up a registrar on this image that
+    publishes a container, reports healthy, and stops cleanly with `docker compose down`."""
+    import os
+    import socket
+    import urllib.request
+
+    tag = uuid.uuid4().hex[:8]
+    data = tmp_path / "data"
+    data.mkdir()
+    with socket.socket() as s:  # a free port below 32768 for /metrics on the host network
+        for port in range(19105, 19205):
+            try:
+                s.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                continue
+    env = {
+        **os.environ,
+        "PYKV_REGISTRAR_IMAGE": registrar_image,
+        "PYKV_DATA_DIR": str(data),
+        "PYKV_METRICS_PORT": str(port),
+        "PYKV_REGISTRAR_NODE": f"compose-{tag}",
+        "PYKV_REGISTRAR_PREFIX": f"compose-{tag}",
+    }
+    compose = [
+        "docker",
+        "compose",
+        "-p",
+        f"pt-{tag}",
+        "-f",
+        str(ROOT / "docker/compose.registrar.yaml"),
+    ]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*compose, *args], capture_output=True, text=True, timeout=120,
+                              env=env, check=False)  # fmt: skip
+
+    up = run("up", "-d", "--no-build")
+    try:
+        assert up.returncode == 0, up.stderr
+        labels = [
+            x for k, v in {"pykv.test": "1", **docker_labels}.items()
+            for x in ("--label", f"{k}={v}")
+        ]  # fmt: skip
+        web = f"pt-{tag}-web"
+        names.append(web)
+        _docker(
+            "run", "-d", "--name", web, *labels, "-p", "127.0.0.1::80",
+            "--label", "SERVICE_NAME=composeweb", busybox_image, "httpd", "-f", "-p", "80",
+            "-h", "/www",
+        )  # fmt: skip
+        db = data / "pykv.db"
+        deadline = time.monotonic() + 60
+        found: list[Endpoint] = []
+        health: dict[str, object] = {}
+        while time.monotonic() < deadline and not (found and health.get("ok")):
+            if db.exists():
+                with pykv.open_store(f"sqlite:///{db}") as store:
+                    found = Registry(store, f"compose-{tag}").endpoints("composeweb")
+            try:
+                url = f"http://127.0.0.1:{port}/healthz"
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    health = json.loads(r.read())
+            except OSError:
+                health = {}
+            time.sleep(0.3)
+        logs = run("logs").stdout[-3000:]
+        assert found, f"not published; logs:\n{logs}"
+        assert health.get("ok") is True, f"{health}\n{logs}"
+        [e] = found
+        assert (e.node, e.address, e.container_name) == (f"compose-{tag}", "127.0.0.1", web)
+    finally:
+        down = run("down", "-v", "-t", "20")
+    assert down.returncode == 0, down.stderr

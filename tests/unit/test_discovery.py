@@ -6,6 +6,7 @@ import argparse
 import json
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -242,3 +243,103 @@ def test_services_watch_command_through_pykv_cli(tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(5)
     assert proc.returncode == 0
+
+
+# -- malformed entries and failed watches -----------------------------------------------------
+
+GOOD = {"service": "web", "id": "n:w:80", "address": "10.0.0.5", "port": 80}
+#: Values a careless or hostile writer can leave under the prefix, each of which used to raise
+#: OverflowError, RecursionError or TypeError out of every reader.
+MALFORMED: dict[str, bytes] = {
+    "inf-port": b'{"service":"web","id":"x","address":"a","port":1e400}',
+    "deep": b"[" * 100_000 + b"]" * 100_000,
+    "deep-small": b'{"service":' + b"[" * 5_000 + b"]" * 5_000 + b"}",
+    "float-port": json.dumps(GOOD | {"port": 80.5}).encode(),
+    "str-port": json.dumps(GOOD | {"port": "80"}).encode(),
+    "bool-port": json.dumps(GOOD | {"port": True}).encode(),
+    "big-port": json.dumps(GOOD | {"port": 10**30}).encode(),
+    "int-service": json.dumps(GOOD | {"service": 5}).encode(),
+    "tags-string": json.dumps(GOOD | {"tags": "a,b"}).encode(),
+    "tags-ints": json.dumps(GOOD | {"tags": [1, 2]}).encode(),
+    "metadata-list": json.dumps(GOOD | {"metadata": [["a", "b"]]}).encode(),
+    "metadata-nested": json.dumps(GOOD | {"metadata": {"a": {"b": "c"}}}).encode(),
+    "no-address": json.dumps({k: v for k, v in GOOD.items() if k != "address"}).encode(),
+    "id-with-slash": json.dumps(GOOD | {"id": "a/b"}).encode(),
+    "not-utf8": b'{"service":"\xff"}',
+    "array": b"[1,2,3]",
+    "huge": json.dumps(GOOD | {"pad": "x" * 2_000_000}).encode(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_from_json_raises_only_value_error(name: str) -> None:
+    with pytest.raises(ValueError, match="not an endpoint"):
+        Endpoint.from_json(MALFORMED[name])
+
+
+def test_readers_skip_count_and_log_each_malformed_entry_once(
+    store: pykv.Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    reg = Registry(store)
+    good = ep()
+    reg.register(good, ttl=None)
+    for name, value in MALFORMED.items():
+        store.put(f"services/web/{name}", value)
+    caplog.set_level("WARNING", logger="pykv.discovery")
+    assert reg.endpoints("web") == [good]
+    assert reg.all_endpoints() == [good]
+    assert reg.services() == ["web"]
+    assert reg.skipped == len(MALFORMED)
+    lines = [r for r in caplog.records if "malformed endpoint entry" in r.getMessage()]
+    assert len(lines) == len(MALFORMED)  # once each, however often they are read
+    assert all(len(r.getMessage()) < 600 for r in lines)  # a huge value is not echoed
+    # A bad entry written again is a new one: counted and logged again.
+    store.put("services/web/inf-port", MALFORMED["inf-port"])
+    assert reg.endpoints("web") == [good]
+    assert reg.skipped == len(MALFORMED) + 1
+
+
+def test_watch_skips_malformed_entries_and_good_ones_keep_flowing(store: pykv.Store) -> None:
+    reg = Registry(store)
+    store.put("services/web/deep", MALFORMED["deep"])
+    with reg.watch("web") as watch:
+        assert watch.get(timeout=5) == []
+        second = ep(eid="n:w:81", port=81)
+        reg.register(second, ttl=None)
+        assert watch.get(timeout=5) == [second]
+        store.put("services/web/inf", MALFORMED["inf-port"])
+        third = ep(eid="n:w:82", port=82)
+        reg.register(third, ttl=None)
+        assert watch.get(timeout=5) == [second, third]
+    assert reg.skipped == 2
+
+
+def test_follow_ends_with_the_error_of_a_failed_watch(store: pykv.Store) -> None:
+    """Issue 16 defect 3: OperationTimeoutError is a TimeoutError; a loop that polls with a
+    timeout must end on it instead of spinning."""
+    reg = Registry(store)
+    stop = threading.Event()
+    with reg.watch() as watch:
+        updates = watch.follow(stop, poll=0.05)
+        assert next(updates) == []
+        # A driver reports a failed watch this way (the watch's documented producer side).
+        watch._inner._fail(pykv.OperationTimeoutError("watch of services timed out"))
+        with pytest.raises(pykv.OperationTimeoutError, match="timed out"):
+            next(updates)
+    with reg.watch() as watch:
+        updates = watch.follow(stop, poll=0.05)
+        assert next(updates) == []
+        stop.set()
+        assert list(updates) == []  # a stop ends it quietly
+
+
+def test_services_command_skips_malformed_entries(
+    store: pykv.Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    Registry(store).register(ep(node="n"), ttl=None)
+    store.put("services/web/bad", MALFORMED["inf-port"])
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--json", action="store_true")
+    add_services_command(parser.add_subparsers(dest="command"))
+    assert run_services(store, parser.parse_args(["services", "--json"])) == 0
+    assert [d["id"] for d in json.loads(capsys.readouterr().out)] == ["n1:web-1:80"]
