@@ -754,11 +754,38 @@ class Etcd2Store(Store):
             for key in list(self._ttl_keys):
                 if not prefix or key == prefix or key.startswith(prefix + "/"):
                     del self._ttl_keys[key]
+        if not prefix and self.prefix:
+            self._delete_below_prefix(what)
+            return
         reply = self._call("DELETE", self._node(prefix), what, params={"recursive": "true"})
         if reply.code is None:
             self._written(reply)
         elif reply.code not in (E_NOT_FOUND, E_NOT_DIR):
             raise self._fail(reply, what)
+
+    def _delete_below_prefix(self, what: str) -> None:
+        """delete_tree("") with a prefix: the prefix's node holds the key the prefix names
+        (a file, or the leaf ``%value``), which lies outside the store; delete the rest."""
+        base = self._prefix_node
+        reply = self._get_node(base, what)
+        if reply.code == E_NOT_FOUND:
+            return
+        if reply.code is not None:
+            raise self._fail(reply, what)
+        if not reply.node.get("dir"):
+            return  # a file: nothing below it
+        for child in reply.node.get("nodes", ()):
+            if child["key"] == f"{base}/{VALUE_LEAF}":
+                continue
+            gone = self._call("DELETE", child["key"], what, params={"recursive": "true"})
+            if gone.code is None:
+                self._written(gone)
+            elif gone.code != E_NOT_FOUND:
+                raise self._fail(gone, what)
+        # the emptied directory too; etcd refuses (harmlessly) while %value is still in it
+        gone = self._call("DELETE", base, what, params={"dir": "true"})
+        if gone.code is None:
+            self._written(gone)
 
     # -- TTL keys and locks: one keepalive thread per store ---------------------------------
 

@@ -534,7 +534,7 @@ class ZooKeeperStore(Store):
     def _remove_tree(self, base: str, deadline: float) -> None:
         for _ in range(_RETRIES):
             nodes = [p for p, _, _ in self._walk(base, deadline)]
-            if base != "/":
+            if base != self._root:  # the root node holds the key the prefix names: not ours
                 nodes.insert(0, base)
             # deepest first; each depth level in one pipelined round trip
             by_depth: dict[int, list[str]] = {}
@@ -558,6 +558,11 @@ class ZooKeeperStore(Store):
                 del self._ephemeral[path]
         if base != self._root:
             self._prune_parents(base, deadline)
+        elif base != "/":  # the emptied root node goes too, unless it holds a value
+            found = self._read(base, deadline)
+            if found is not None and found[0] is None and not found[1].numChildren:
+                with contextlib.suppress(NotEmptyError, BadVersionError, NoNodeError):
+                    self._wait(self._client.delete_async(base, found[1].version), deadline)
 
     def _atomic_put(
         self, key: str, value: bytes, previous: KVPair | None, ttl: float | None
