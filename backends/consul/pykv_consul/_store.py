@@ -59,11 +59,6 @@ class ConsulOptions(TLSOptions):
     token: str | None = None
     consistent: bool = False
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.key and not self.cert:
-            raise ConfigurationError("option 'key' needs 'cert' (the client certificate)")
-
 
 @dataclass(eq=False)
 class _Session:

@@ -309,8 +309,6 @@ class Etcd2Store(Store):
             file = getattr(options, name)
             if file is not None and not os.path.isfile(file):
                 raise ConfigurationError(f"{url}: option {name!r}: no such file {file!r}")
-        if options.key and not options.cert:
-            raise ConfigurationError(f"{url}: option 'key' needs 'cert' (the client certificate)")
         if options.tls:
             pool_args["cert_reqs"] = "CERT_REQUIRED" if options.verify else "CERT_NONE"
             if options.ca:
@@ -321,8 +319,6 @@ class Etcd2Store(Store):
                 pool_args["key_file"] = options.key
             if not options.verify:
                 pool_args["assert_hostname"] = False
-        elif options.ca or options.cert or options.key:
-            raise ConfigurationError(f"{url}: ca/cert/key need TLS: use etcd2+tls:// or ?tls=true")
         self._http = urllib3.PoolManager(num_pools=max(4, len(self._endpoints)), **pool_args)
         self._prefix_node = node_path(self.prefix)
         self._last_write = 0  # highest index this store wrote: stale-read detection
