@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from collections.abc import Mapping
@@ -104,6 +105,14 @@ class TLSOptions(StoreOptions):
                 "options 'ca' and 'verify=false' contradict each other: a CA bundle is only "
                 "used to verify the server; drop one of them"
             )
+
+    def check_files(self, where: object) -> None:
+        """Raise :class:`~pykv.ConfigurationError` naming the first of ca/cert/key that is not
+        a file: at open, rather than as a failed handshake on every connection attempt."""
+        for name in ("ca", "cert", "key"):
+            file = getattr(self, name)
+            if file is not None and not os.path.isfile(file):
+                raise ConfigurationError(f"{where}: option {name!r}: no such file {file!r}")
 
 
 def cleartext_credentials(options: StoreOptions) -> list[str]:

@@ -96,6 +96,7 @@ class ConsulStore(Store):
             raise ConfigurationError(
                 f"{url}: Consul takes an ACL token as ?token=..., not user:password@"
             )
+        options.check_files(url)
         port = DEFAULT_TLS_PORT if options.tls else DEFAULT_PORT
         hosts = [h.with_default_port(port) for h in url.hosts] or [Host("127.0.0.1", port)]
         cert: Any = (options.cert, options.key) if options.key else options.cert

@@ -94,7 +94,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import threading
 import time
 import uuid
@@ -114,7 +113,6 @@ from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 
 from pykv import (
     Capability,
-    ConfigurationError,
     Host,
     KeyExistsError,
     KeyModifiedError,
@@ -305,10 +303,7 @@ class Etcd2Store(Store):
                 urllib3.make_headers(basic_auth=f"{options.username}:{options.password or ''}")
             )
         pool_args: dict[str, Any] = {"maxsize": 16, "block": False, "retries": False}
-        for name in ("ca", "cert", "key"):
-            file = getattr(options, name)
-            if file is not None and not os.path.isfile(file):
-                raise ConfigurationError(f"{url}: option {name!r}: no such file {file!r}")
+        options.check_files(url)
         if options.tls:
             pool_args["cert_reqs"] = "CERT_REQUIRED" if options.verify else "CERT_NONE"
             if options.ca:
