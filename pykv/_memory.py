@@ -151,7 +151,12 @@ class MemoryStore(Store):
     def _delete_tree(self, prefix: str) -> None:
         base = self._path(prefix)
         with self._space.cond:
-            doomed = [p for p in self._space.items if base in ("", p) or p.startswith(base + "/")]
+            # delete_tree("") spares the prefix's own key: it lies outside the store
+            doomed = [
+                p
+                for p in self._space.items
+                if base == "" or (prefix and p == base) or p.startswith(base + "/")
+            ]
             self._space.remove(sorted(doomed))
 
     def _atomic_put(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from collections.abc import Mapping
@@ -19,14 +20,24 @@ from typing import Any, TypeVar
 from ._errors import ConfigurationError
 from ._url import SECRET_OPTIONS
 
-__all__ = ["DEFAULT_TIMEOUT", "StoreOptions", "TLSOptions", "build_options"]
+__all__ = [
+    "CREDENTIAL_OPTIONS",
+    "DEFAULT_TIMEOUT",
+    "StoreOptions",
+    "TLSOptions",
+    "build_options",
+    "cleartext_credentials",
+]
 
 DEFAULT_TIMEOUT = 10.0
 
 OptionsT = TypeVar("OptionsT", bound="StoreOptions")
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off", ""})
+# An empty value is neither: ``verify=`` must not quietly mean "verify=false".
+_FALSE = frozenset({"0", "false", "no", "off"})
+#: Options that carry credentials: sent in clear text unless the store speaks TLS.
+CREDENTIAL_OPTIONS = ("token", "username", "password")
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,10 @@ class TLSOptions(StoreOptions):
 
     ca: CA bundle file to verify the server; cert/key: client certificate and key files;
     verify: set false only for testing against self-signed servers.
+
+    ca, cert and key need TLS, key needs cert, and verify=false contradicts ca: each mistake is
+    a :class:`~pykv.ConfigurationError`, so a URL never silently falls back to clear text or to
+    an unverified server.
     """
 
     tls: bool = False
@@ -73,6 +88,39 @@ class TLSOptions(StoreOptions):
     cert: str | None = None
     key: str | None = None
     verify: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        files = [name for name in ("ca", "cert", "key") if getattr(self, name) is not None]
+        if files and not self.tls:
+            raise ConfigurationError(
+                f"option{'s' if len(files) > 1 else ''} {', '.join(map(repr, files))} "
+                f"need{'' if len(files) > 1 else 's'} TLS, which this store was not asked to "
+                "speak: use a '+tls' scheme (e.g. etcd+tls://) or tls=true"
+            )
+        if self.key is not None and self.cert is None:
+            raise ConfigurationError("option 'key' needs 'cert' (the client certificate)")
+        if self.ca is not None and not self.verify:
+            raise ConfigurationError(
+                "options 'ca' and 'verify=false' contradict each other: a CA bundle is only "
+                "used to verify the server; drop one of them"
+            )
+
+    def check_files(self, where: object) -> None:
+        """Raise :class:`~pykv.ConfigurationError` naming the first of ca/cert/key that is not
+        a file: at open, rather than as a failed handshake on every connection attempt."""
+        for name in ("ca", "cert", "key"):
+            file = getattr(self, name)
+            if file is not None and not os.path.isfile(file):
+                raise ConfigurationError(f"{where}: option {name!r}: no such file {file!r}")
+
+
+def cleartext_credentials(options: StoreOptions) -> list[str]:
+    """The credential options (token, username, password) that ``options`` would send
+    without TLS: empty when there are none or the store speaks TLS."""
+    if isinstance(options, TLSOptions) and options.tls:
+        return []
+    return [name for name in CREDENTIAL_OPTIONS if getattr(options, name, None)]
 
 
 def _coerce(name: str, tp: Any, value: object) -> object:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ._errors import ConfigurationError, NotSupportedError, UnknownBackendError
-from ._options import build_options
+from ._options import build_options, cleartext_credentials
 from ._store import Capability, Store
 from ._url import StoreURL
 
@@ -147,6 +147,15 @@ def open_store(
         if value is not None and name in fields and name not in given:
             query[name] = value
     opts = build_options(cls.options_class, parsed.scheme, query, options)
+    cleartext = cleartext_credentials(opts)
+    if cleartext:  # before the store connects and sends them
+        log.warning(
+            "%s sends its credentials (%s) in clear text: anyone on the network path can read "
+            "them; use %s+tls:// or tls=true",
+            parsed,
+            ", ".join(cleartext),
+            parsed.scheme,
+        )
     store = cls(parsed, opts)
     log.debug("opened %s", store)
     return store

@@ -425,7 +425,8 @@ class SQLiteStore(Store):
                 lo = base + "/"
                 self._conn.execute(
                     "DELETE FROM pykv_kv WHERE path = ? OR (path >= ? AND path < ?)",
-                    (base, lo, _upper(lo)),
+                    # delete_tree("") spares the prefix's own key (outside the store): NULL
+                    (base if prefix else None, lo, _upper(lo)),
                 )
             else:
                 self._conn.execute("DELETE FROM pykv_kv")

@@ -294,6 +294,30 @@ class ListTests(BaseStoreTests):
         assert neighbour.get("keep").value == b"1"
         neighbour.delete("keep")
 
+    def test_whole_store_spares_the_key_its_prefix_names(
+        self, open_store: OpenStore, prefix: str
+    ) -> None:
+        # The key "p" is outside the store on prefix "p": list(""), watch_tree("") and
+        # delete_tree("") there never show or touch it.
+        outer = open_store()
+        inner = open_store(prefix=prefix + "/in")
+        outer.put("in", b"outside")
+        inner.delete_tree("")
+        assert outer.get("in").value == b"outside"
+        inner.put("k", b"1")
+        assert [p.key for p in inner.list("")] == ["k"]
+        if Capability.WATCH_TREE in inner.capabilities:
+            with inner.watch_tree("") as watch:
+                assert [p.key for p in watch.get(timeout=self.event_timeout)] == ["k"]
+                outer.put("in", b"changed")
+                inner.put("k2", b"2")
+                last = drain_until(watch, lambda s: len(s) == 2, self.event_timeout)
+                assert [p.key for p in last] == ["k", "k2"]
+        inner.delete_tree("")
+        assert inner.list("") == []
+        assert outer.exists("in")
+        assert [p.key for p in outer.list("")] == ["in"]
+
 
 class AtomicTests(BaseStoreTests):
     """atomic_put and atomic_delete: compare-and-swap on revisions."""

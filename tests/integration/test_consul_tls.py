@@ -3,6 +3,7 @@ starts (certificates made with openssl; HTTPS on 127.0.0.1:22701, plain HTTP off
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 import uuid
@@ -94,3 +95,19 @@ def test_tls_failures_are_unavailable_errors(tls_consul: Path) -> None:
             assert f"127.0.0.1:{PORT}" in str(info.value)
     with pytest.raises(pykv.ConfigurationError):
         pykv.open_store(base, key=str(d / "client.key"))
+    with pytest.raises(pykv.ConfigurationError, match="need"):  # never falls back to clear text
+        pykv.open_store(f"consul://127.0.0.1:{PORT}", ca=str(d / "ca.pem"), token="t")
+
+
+def test_token_without_tls_logs_one_warning(
+    consul_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="pykv")
+    # this server has no ACLs: the token is sent and ignored
+    with pykv.open_store(f"{consul_url}/pykv-test/{uuid.uuid4().hex[:12]}?token=s3cret") as store:
+        store.put("k", b"v")
+        store.delete_tree("")
+    warnings = [r.getMessage() for r in caplog.records if "clear text" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "(token)" in warnings[0]
+    assert "s3cret" not in warnings[0]

@@ -4,11 +4,13 @@ against one etcd this module starts (certificates made with openssl; etcd with -
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _harness import EtcdAuth
 from _tls import tls_etcd as start_tls_etcd
 
 import pykv
@@ -125,3 +127,37 @@ def test_tls_configuration_errors_v2(tls_etcd: Path) -> None:
         pykv.open_store(f"etcd2+tls://127.0.0.1:{PORT}", key=str(d / "client.key"))
     with pytest.raises(pykv.ConfigurationError):
         pykv.open_store(f"etcd2://127.0.0.1:{PORT}", ca=str(d / "ca.pem"))
+
+
+def test_tls_files_without_tls_are_refused_v3(tls_etcd: Path) -> None:
+    with pytest.raises(pykv.ConfigurationError, match="need"):  # never falls back to clear text
+        pykv.open_store(f"etcd://127.0.0.1:{PORT}", ca=str(tls_etcd / "ca.pem"))
+
+
+def test_credentials_without_tls_log_one_warning(
+    etcd_auth: EtcdAuth, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="pykv")
+    url = etcd_auth.url.replace("://", f"://{etcd_auth.user}:{etcd_auth.password}@", 1)
+    with pykv.open_store(f"{url}/pykv-test/{uuid.uuid4().hex[:12]}") as store:
+        store.put("k", b"v")
+        store.delete_tree("")
+    warnings = [r.getMessage() for r in caplog.records if "clear text" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "username, password" in warnings[0]
+    assert etcd_auth.password not in warnings[0]
+
+
+def test_credentials_without_tls_log_one_warning_v2(
+    etcd2_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="pykv")
+    # v2 auth is off on this server: the basic-auth header is sent and ignored
+    with pykv.open_store(
+        f"{etcd2_url}/pykv-test/{uuid.uuid4().hex[:12]}", username="u", password="s3cret"
+    ) as store:
+        store.put("k", b"v")
+        store.delete_tree("")
+    warnings = [r.getMessage() for r in caplog.records if "clear text" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "s3cret" not in warnings[0]

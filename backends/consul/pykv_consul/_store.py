@@ -59,11 +59,6 @@ class ConsulOptions(TLSOptions):
     token: str | None = None
     consistent: bool = False
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.key and not self.cert:
-            raise ConfigurationError("option 'key' needs 'cert' (the client certificate)")
-
 
 @dataclass(eq=False)
 class _Session:
@@ -101,6 +96,7 @@ class ConsulStore(Store):
             raise ConfigurationError(
                 f"{url}: Consul takes an ACL token as ?token=..., not user:password@"
             )
+        options.check_files(url)
         port = DEFAULT_TLS_PORT if options.tls else DEFAULT_PORT
         hosts = [h.with_default_port(port) for h in url.hosts] or [Host("127.0.0.1", port)]
         cert: Any = (options.cert, options.key) if options.key else options.cert

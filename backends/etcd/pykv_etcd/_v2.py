@@ -94,7 +94,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import threading
 import time
 import uuid
@@ -114,7 +113,6 @@ from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 
 from pykv import (
     Capability,
-    ConfigurationError,
     Host,
     KeyExistsError,
     KeyModifiedError,
@@ -305,12 +303,7 @@ class Etcd2Store(Store):
                 urllib3.make_headers(basic_auth=f"{options.username}:{options.password or ''}")
             )
         pool_args: dict[str, Any] = {"maxsize": 16, "block": False, "retries": False}
-        for name in ("ca", "cert", "key"):
-            file = getattr(options, name)
-            if file is not None and not os.path.isfile(file):
-                raise ConfigurationError(f"{url}: option {name!r}: no such file {file!r}")
-        if options.key and not options.cert:
-            raise ConfigurationError(f"{url}: option 'key' needs 'cert' (the client certificate)")
+        options.check_files(url)
         if options.tls:
             pool_args["cert_reqs"] = "CERT_REQUIRED" if options.verify else "CERT_NONE"
             if options.ca:
@@ -321,8 +314,6 @@ class Etcd2Store(Store):
                 pool_args["key_file"] = options.key
             if not options.verify:
                 pool_args["assert_hostname"] = False
-        elif options.ca or options.cert or options.key:
-            raise ConfigurationError(f"{url}: ca/cert/key need TLS: use etcd2+tls:// or ?tls=true")
         self._http = urllib3.PoolManager(num_pools=max(4, len(self._endpoints)), **pool_args)
         self._prefix_node = node_path(self.prefix)
         self._last_write = 0  # highest index this store wrote: stale-read detection
@@ -754,11 +745,38 @@ class Etcd2Store(Store):
             for key in list(self._ttl_keys):
                 if not prefix or key == prefix or key.startswith(prefix + "/"):
                     del self._ttl_keys[key]
+        if not prefix and self.prefix:
+            self._delete_below_prefix(what)
+            return
         reply = self._call("DELETE", self._node(prefix), what, params={"recursive": "true"})
         if reply.code is None:
             self._written(reply)
         elif reply.code not in (E_NOT_FOUND, E_NOT_DIR):
             raise self._fail(reply, what)
+
+    def _delete_below_prefix(self, what: str) -> None:
+        """delete_tree("") with a prefix: the prefix's node holds the key the prefix names
+        (a file, or the leaf ``%value``), which lies outside the store; delete the rest."""
+        base = self._prefix_node
+        reply = self._get_node(base, what)
+        if reply.code == E_NOT_FOUND:
+            return
+        if reply.code is not None:
+            raise self._fail(reply, what)
+        if not reply.node.get("dir"):
+            return  # a file: nothing below it
+        for child in reply.node.get("nodes", ()):
+            if child["key"] == f"{base}/{VALUE_LEAF}":
+                continue
+            gone = self._call("DELETE", child["key"], what, params={"recursive": "true"})
+            if gone.code is None:
+                self._written(gone)
+            elif gone.code != E_NOT_FOUND:
+                raise self._fail(gone, what)
+        # the emptied directory too; etcd refuses (harmlessly) while %value is still in it
+        gone = self._call("DELETE", base, what, params={"dir": "true"})
+        if gone.code is None:
+            self._written(gone)
 
     # -- TTL keys and locks: one keepalive thread per store ---------------------------------
 

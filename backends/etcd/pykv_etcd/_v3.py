@@ -597,7 +597,7 @@ class EtcdStore(Store):
                 request_delete_range=etcdrpc.DeleteRangeRequest(key=start, range_end=end)
             )
         ]
-        if prefix or self.prefix:
+        if prefix:  # delete_tree("") spares the prefix's own key: it is outside the store
             base = _b(self._path(prefix))
             ops.append(etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=base)))
             self._forget(base)

@@ -17,8 +17,12 @@ Options
     (creator-all), so other identities get ``NoAuth``, which pykv raises as
     :class:`~pykv.PermissionDeniedError`; wrong or missing credentials are reported that way
     when the store opens (ZooKeeper accepts any digest identity and refuses only access).
-    ``tls``, ``ca``, ``cert``, ``key``, ``verify``: kazoo's TLS settings (untested here: the
-    test servers have no TLS port).
+    ``tls``, ``ca``, ``cert``, ``key``, ``verify``: TLS to the server's ``secureClientPort``
+    (Netty connection factory) with a CA bundle and a client certificate. The server's
+    certificate must name the host as written in the URL (kazoo alone checks no host name);
+    ``verify=false`` turns both checks off, for tests only. A failed handshake is reported
+    with its reason (wrong host, unknown CA, refused client certificate). Tested against
+    ZooKeeper 3.8.0 with a PEM key store and ``ssl.clientAuth=need``.
 
 Directories and keys
     ZooKeeper nodes always exist as parents of their children, but pykv keys are only the nodes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 import threading
 import time
 import uuid
@@ -26,7 +27,7 @@ from kazoo.exceptions import (
     RolledBackError,
     SessionExpiredError,
 )
-from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.handlers.threading import KazooTimeoutError, SequentialThreadingHandler
 from kazoo.protocol.serialization import Create2
 from kazoo.protocol.states import EventType, KazooState, KeeperState
 from kazoo.retry import KazooRetry
@@ -80,6 +81,22 @@ class ZooKeeperOptions(TLSOptions):
             raise ConfigurationError("option 'session_timeout' must be a positive number")
 
 
+class _Handler(SequentialThreadingHandler):  # type: ignore[misc]
+    """kazoo's threading handler, remembering why the last TLS handshake failed: kazoo only
+    retries, so the store names the reason when it gives up."""
+
+    tls_error: ssl.SSLError | None = None
+
+    def create_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            sock = super().create_connection(*args, **kwargs)
+        except ssl.SSLError as exc:
+            self.tls_error = exc
+            raise
+        self.tls_error = None
+        return sock
+
+
 class _CreateContainer(Create2):  # type: ignore[misc]
     type = 19  # ZooKeeper's OpCode.createContainer (flags 4 = CONTAINER)
 
@@ -125,13 +142,17 @@ class ZooKeeperStore(Store):
         self._stop = threading.Event()
         tls: dict[str, Any] = {}
         if options.tls:
+            options.check_files(url)
             tls = {
                 "use_ssl": True,
                 "ca": options.ca,
                 "certfile": options.cert,
                 "keyfile": options.key,
                 "verify_certs": options.verify,
+                # kazoo's default accepts a certificate of any host that the CA signed
+                "check_hostname": options.verify,
             }
+        self._handler = _Handler()
         self._client = KazooClient(
             hosts=self._hosts,
             timeout=options.session_timeout,
@@ -139,6 +160,7 @@ class ZooKeeperStore(Store):
             # reconnect quickly during failover; the session timeout bounds how long we try
             connection_retry=KazooRetry(max_tries=-1, delay=0.05, backoff=2, max_delay=1.0),
             logger=logging.getLogger("pykv.zookeeper.kazoo"),
+            handler=self._handler,
             **tls,
         )
         # listen before connecting, so that no state change is missed
@@ -151,6 +173,11 @@ class ZooKeeperStore(Store):
             self._shutdown_client(wait=False)
             if self._client.client_state == KeeperState.AUTH_FAILED:
                 raise PermissionDeniedError(f"{self}: authentication failed")
+            if self._handler.tls_error is not None:
+                raise UnavailableError(
+                    f"cannot connect to ZooKeeper at {self._hosts} for {self}: TLS handshake "
+                    f"failed: {self._handler.tls_error}"
+                )
             raise UnavailableError(
                 f"cannot connect to ZooKeeper at {self._hosts} for {self} within {self.timeout} s"
             )
@@ -534,7 +561,7 @@ class ZooKeeperStore(Store):
     def _remove_tree(self, base: str, deadline: float) -> None:
         for _ in range(_RETRIES):
             nodes = [p for p, _, _ in self._walk(base, deadline)]
-            if base != "/":
+            if base != self._root:  # the root node holds the key the prefix names: not ours
                 nodes.insert(0, base)
             # deepest first; each depth level in one pipelined round trip
             by_depth: dict[int, list[str]] = {}
@@ -558,6 +585,11 @@ class ZooKeeperStore(Store):
                 del self._ephemeral[path]
         if base != self._root:
             self._prune_parents(base, deadline)
+        elif base != "/":  # the emptied root node goes too, unless it holds a value
+            found = self._read(base, deadline)
+            if found is not None and found[0] is None and not found[1].numChildren:
+                with contextlib.suppress(NotEmptyError, BadVersionError, NoNodeError):
+                    self._wait(self._client.delete_async(base, found[1].version), deadline)
 
     def _atomic_put(
         self, key: str, value: bytes, previous: KVPair | None, ttl: float | None
