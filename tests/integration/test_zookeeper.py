@@ -57,8 +57,8 @@ class TestZooKeeperStore(ConformanceTests):
 
     @pytest.fixture
     def store_options(self) -> dict[str, Any]:
-        # short sessions make the dead-process tests fast; the class slack still covers 10 s
-        return {"session_timeout": 4}
+        # the default: a session per TTL, so the dead-process tests check the declared slack
+        return {}
 
 
 class TestZooKeeperRecipesAndAsync(RecipeTests, AsyncTests):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import ssl
 import threading
 import time
@@ -65,19 +66,25 @@ _HIDDEN_TOP = frozenset({"zookeeper", LOCK_ROOT})
 #: Bounded retries of optimistic loops (create-parents races, conversions).
 _RETRIES = 20
 _JOIN_TIMEOUT = 5.0
+#: The session of everything that is not ephemeral (reads, plain writes, watches).
+_MAIN_SESSION_TIMEOUT = 10.0
+#: How often the session worker retries a cleanup that failed (a lock node to delete).
+_CLEANUP_INTERVAL = 0.5
 
 
 @dataclass(frozen=True)
 class ZooKeeperOptions(TLSOptions):
     """Options of ``zookeeper://`` stores (see the module documentation)."""
 
-    session_timeout: float = 10.0
+    session_timeout: float | None = None
     username: str | None = None
     password: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.session_timeout > 0:
+        if self.session_timeout is not None and not (
+            math.isfinite(self.session_timeout) and self.session_timeout > 0
+        ):
             raise ConfigurationError("option 'session_timeout' must be a positive number")
 
 
@@ -106,6 +113,195 @@ def _is_ephemeral(stat: Any) -> bool:
     return bool(stat.ephemeralOwner > 0)
 
 
+def _ttl_class(ttl: float) -> float:
+    """The session timeout of the TTL class ``ttl`` belongs to: rounded down, never up, so a
+    key dies no later than asked; to whole seconds below a minute, to whole minutes above
+    (a few sessions serve every TTL an application uses). At least 1 s: kazoo bounds its
+    connection handshake by the timeout asked, and servers grant no less than 2 tickTime."""
+    if ttl < 60:
+        return float(max(1, math.floor(ttl)))
+    return float(math.floor(ttl / 60) * 60)
+
+
+@dataclass(eq=False)
+class _Tracked:
+    """A TTL key of this store: its value and the session that owns its ephemeral node."""
+
+    value: bytes
+    session: _Session
+
+
+@dataclass(eq=False)
+class _Cleanup:
+    """Lock nodes left behind by a release or an acquisition that failed: deleted by the
+    session worker once the connection is back, dropped once the session has expired (its
+    ephemeral nodes went with it)."""
+
+    session_id: int | None
+    directory: str
+    prefix: str  # our queue nodes are named "<prefix>-lock-<sequence>"
+    key_path: str | None = None
+    czxid: int | None = None  # the key node we wrote, deleted only while it is still ours
+    next_try: float = 0.0
+
+
+class _Session:
+    """One ZooKeeper session of a store: a kazoo client, its connection state, and the locks
+    whose nodes live on it. The store's main session serves reads, plain writes and watches;
+    ephemeral nodes live on the session of their TTL class (see the module documentation)."""
+
+    def __init__(self, store: ZooKeeperStore, timeout: float, *, strict: bool, name: str):
+        self.store = store
+        self.name = name
+        self.asked = timeout
+        #: Locks on a strict session stop trusting themselves as soon as it is suspended.
+        self.strict = strict
+        #: The timeout the server granted (it clamps the ask to its min/max session timeout).
+        self.negotiated: float | None = None
+        self.session_id: int | None = None
+        self.suspended_since: float | None = None
+        self.connected = threading.Event()
+        self.resync = threading.Event()
+        self.locks: set[_ZooKeeperLock] = set()
+        self.cleanups: list[_Cleanup] = []
+        self.warned = False
+        self.handler = _Handler()
+        self.client = KazooClient(
+            hosts=store._hosts,
+            timeout=timeout,
+            auth_data=store._auth,
+            # reconnect quickly during failover; the session timeout bounds how long we try
+            connection_retry=KazooRetry(max_tries=-1, delay=0.05, backoff=2, max_delay=1.0),
+            logger=logging.getLogger("pykv.zookeeper.kazoo"),
+            handler=self.handler,
+            **store._tls,
+        )
+        self._hook_negotiation()
+        # listen before connecting, so that no state change is missed
+        self.client.add_listener(self._on_state)
+
+    def __str__(self) -> str:
+        return f"{self.name} session of {self.store}"
+
+    def _hook_negotiation(self) -> None:
+        """Record the session timeout the server negotiated: kazoo only logs it. Its private
+        connect step returns the read timeout, which it derives as 2/3 of that value."""
+        connection = self.client._connection
+        connect = connection._connect
+
+        def connect_and_record(*args: Any) -> Any:
+            result = connect(*args)
+            self.negotiated = round(float(result[0]) * 1.5) / 1000.0
+            return result
+
+        connection._connect = connect_and_record
+
+    def start(self, timeout: float | None = None) -> None:
+        """Connect within ``timeout`` (the store's by default), or raise."""
+        store = self.store
+        wait = store.timeout if timeout is None else timeout
+        # kazoo's start(timeout) stops the client on a time-out, which waits out a connection
+        # attempt of up to the session timeout; wait ourselves and stop it in the background.
+        started = self.client.start_async()
+        started.wait(wait)
+        if not self.client.connected:
+            self.shutdown(wait=False)
+            if self.client.client_state == KeeperState.AUTH_FAILED:
+                raise PermissionDeniedError(f"{store}: authentication failed")
+            if self.handler.tls_error is not None:
+                raise UnavailableError(
+                    f"cannot connect to ZooKeeper at {store._hosts} for {store}: TLS handshake "
+                    f"failed: {self.handler.tls_error}"
+                )
+            raise UnavailableError(
+                f"cannot connect to ZooKeeper at {store._hosts} for {store} within {wait:g} s"
+            )
+        self.connected.set()
+        self.session_id = self.current()
+        if self.negotiated is not None and self.negotiated > self.asked and not self.warned:
+            self.warned = True
+            log.warning(
+                "%s: ZooKeeper granted a session timeout of %g s, not the %g s asked (its "
+                "minSessionTimeout): TTL keys and locks of this class outlive a dead owner by "
+                "up to %g s",
+                self,
+                self.negotiated,
+                self.asked,
+                self.negotiated,
+            )
+
+    def current(self) -> int | None:
+        """The id of the session, also while reconnecting (kazoo's ``client_id`` is None
+        then); None once it expired, until a new one begins."""
+        sid = self.client._session_id
+        return int(sid) if sid else None
+
+    def grace(self) -> float:
+        """How long a suspended connection may last before this session's locks count as
+        lost: none on a strict session; else 1/6 of the session timeout (see
+        :meth:`ZooKeeperStore._suspension_grace`)."""
+        if self.strict:
+            return 0.0
+        return (self.negotiated or self.asked) / 6.0
+
+    def mark_locks_lost(self, reason: str) -> None:
+        with self.store._mutex:
+            locks = list(self.locks)
+        for lock in locks:
+            lock._mark_lost(reason)
+
+    def _on_state(self, state: str) -> None:
+        """kazoo's connection listener: runs on its connection thread, so it must not block."""
+        store = self.store
+        if state != KazooState.CONNECTED:
+            self.connected.clear()
+        if state == KazooState.SUSPENDED:
+            if self.strict:
+                # the session is as short as the TTL: no time to wait and see
+                self.mark_locks_lost(f"the connection of its {self} was suspended")
+            else:
+                # the session may still live: the worker marks locks lost if this lasts too long
+                self.suspended_since = time.monotonic()
+        elif state == KazooState.LOST:
+            self.suspended_since = None
+            self.mark_locks_lost(f"its {self} expired")
+        elif state == KazooState.CONNECTED:
+            self.suspended_since = None
+            session = self.current()
+            if self.session_id is None:  # the first connection
+                self.session_id = session
+            elif session != self.session_id:
+                log.warning("%s: a new ZooKeeper session; re-creating its TTL keys", self)
+                self.session_id = session
+                self.resync.set()
+            self.connected.set()
+            if self is store._main:
+                with store._mutex:
+                    watchers = list(store._watchers)
+                for watcher in watchers:
+                    watcher.refresh()
+        with store._mutex:
+            waiters = list(store._waiters)
+        for event in waiters:
+            event.set()
+
+    def shutdown(self, *, wait: bool = True, timeout: float | None = None) -> threading.Thread:
+        closer = threading.Thread(target=self._stop_client, daemon=True)
+        closer.start()
+        if wait:
+            closer.join(self.store.timeout if timeout is None else timeout)
+        return closer
+
+    def _stop_client(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.remove_listener(self._on_state)
+        try:
+            self.client.stop()
+            self.client.close()
+        except Exception:
+            log.debug("error while stopping the kazoo client of %s", self, exc_info=True)
+
+
 class ZooKeeperStore(Store):
     """A store on a ZooKeeper ensemble. See the module documentation."""
 
@@ -113,7 +309,7 @@ class ZooKeeperStore(Store):
     capabilities: ClassVar[frozenset[Capability]] = frozenset(Capability)
     options_class = ZooKeeperOptions
     distribution: ClassVar[str] = "pykvstore-zookeeper"
-    ttl_slack: ClassVar[float] = 10.0
+    ttl_slack: ClassVar[float] = 2.0
     options: ZooKeeperOptions
 
     def __init__(self, url: StoreURL, options: ZooKeeperOptions) -> None:
@@ -129,21 +325,11 @@ class ZooKeeperStore(Store):
         if username is not None:
             auth = [("digest", f"{username}:{password or ''}")]
         self._acl = CREATOR_ALL_ACL if auth else OPEN_ACL_UNSAFE
-        self._mutex = threading.Lock()
-        # values of this store's TTL keys, re-created after a new session
-        self._ephemeral: dict[str, bytes] = {}
-        self._locks: set[_ZooKeeperLock] = set()
-        self._watchers: set[_Watcher] = set()
-        self._waiters: set[threading.Event] = set()
-        self._session_id: int | None = None
-        self._suspended_since: float | None = None
-        self._connected = threading.Event()
-        self._resync = threading.Event()
-        self._stop = threading.Event()
-        tls: dict[str, Any] = {}
+        self._auth = auth
+        self._tls: dict[str, Any] = {}
         if options.tls:
             options.check_files(url)
-            tls = {
+            self._tls = {
                 "use_ssl": True,
                 "ca": options.ca,
                 "certfile": options.cert,
@@ -152,41 +338,33 @@ class ZooKeeperStore(Store):
                 # kazoo's default accepts a certificate of any host that the CA signed
                 "check_hostname": options.verify,
             }
-        self._handler = _Handler()
-        self._client = KazooClient(
-            hosts=self._hosts,
-            timeout=options.session_timeout,
-            auth_data=auth,
-            # reconnect quickly during failover; the session timeout bounds how long we try
-            connection_retry=KazooRetry(max_tries=-1, delay=0.05, backoff=2, max_delay=1.0),
-            logger=logging.getLogger("pykv.zookeeper.kazoo"),
-            handler=self._handler,
-            **tls,
+        self._mutex = threading.Lock()
+        # this store's TTL keys, re-created after their session expired
+        self._ephemeral: dict[str, _Tracked] = {}
+        self._watchers: set[_Watcher] = set()
+        self._waiters: set[threading.Event] = set()
+        self._stop = threading.Event()
+        # With session_timeout, one session of that length holds everything (the TTL asked is
+        # then not honoured); without, each TTL class gets a session of its own, made lazily.
+        self._shared = options.session_timeout is not None
+        self._main = _Session(
+            self,
+            options.session_timeout or _MAIN_SESSION_TIMEOUT,
+            strict=False,
+            name="main",
         )
-        # listen before connecting, so that no state change is missed
-        self._client.add_listener(self._on_state)
-        # kazoo's start(timeout) stops the client on a time-out, which waits out a connection
-        # attempt of up to the session timeout; wait ourselves and stop it in the background.
-        started = self._client.start_async()
-        started.wait(self.timeout)
-        if not self._client.connected:
-            self._shutdown_client(wait=False)
-            if self._client.client_state == KeeperState.AUTH_FAILED:
-                raise PermissionDeniedError(f"{self}: authentication failed")
-            if self._handler.tls_error is not None:
-                raise UnavailableError(
-                    f"cannot connect to ZooKeeper at {self._hosts} for {self}: TLS handshake "
-                    f"failed: {self._handler.tls_error}"
-                )
-            raise UnavailableError(
-                f"cannot connect to ZooKeeper at {self._hosts} for {self} within {self.timeout} s"
-            )
-        self._connected.set()
-        self._session_id = self._current_session()
+        self._classes: dict[float, _Session] = {}
+        self._classes_lock = threading.Lock()
+        self._client = self._main.client
+        self._main.start()
         self._worker = threading.Thread(
             target=self._session_worker, name=f"pykv-zk-session {self}", daemon=True
         )
         self._worker.start()
+        self._upkeep = threading.Thread(
+            target=self._upkeep_worker, name=f"pykv-zk-upkeep {self}", daemon=True
+        )
+        self._upkeep.start()
         try:
             self._check_access()
         except BaseException:
@@ -261,16 +439,18 @@ class ZooKeeperStore(Store):
         call: Callable[[float], T],
         deadline: float | None = None,
         lost: Exception | None = None,
+        session: _Session | None = None,
     ) -> T:
         """Run an idempotent ``call(deadline)``, again after a connection loss (a failover)
-        once reconnected, until the store's timeout; map errors on the way out. ``lost``: the
-        connection loss that a first attempt already met."""
+        once ``session`` (the main one by default) reconnected, until the store's timeout; map
+        errors on the way out. ``lost``: the connection loss that a first attempt already met."""
         if deadline is None:
             deadline = self._deadline()
+        connected = (session or self._main).connected
         while True:
             if lost is not None:
                 remaining = deadline - time.monotonic()
-                if self._stop.is_set() or not self._connected.wait(max(0.0, remaining)):
+                if self._stop.is_set() or not connected.wait(max(0.0, remaining)):
                     raise self._mapped(lost, what()) from lost
             try:
                 return call(deadline)
@@ -285,9 +465,37 @@ class ZooKeeperStore(Store):
     def _rel(self, path: str) -> str:
         return self._relative(path)
 
-    def _current_session(self) -> int | None:
-        cid = self._client.client_id
-        return int(cid[0]) if cid else None
+    def _session_for(self, ttl: float, timeout: float | None = None) -> _Session:
+        """The session that holds the ephemeral nodes of ``ttl``, opened on first use (within
+        ``timeout``, the store's by default)."""
+        if self._shared:
+            return self._main
+        bucket = _ttl_class(ttl)
+        with self._classes_lock:
+            session = self._classes.get(bucket)
+            if session is None:
+                self._check_open()
+                session = _Session(self, bucket, strict=True, name=f"ttl={bucket:g}s")
+                session.start(timeout)
+                self._classes[bucket] = session
+        return session
+
+    def _schedule(self, session: _Session, job: _Cleanup) -> None:
+        """Have the session worker delete lock nodes that could not be deleted now."""
+        with self._mutex:
+            session.cleanups.append(job)
+
+    def _sessions(self) -> list[_Session]:
+        with self._classes_lock:
+            return [self._main, *self._classes.values()]
+
+    def session_timeout_for(self, ttl: float) -> float:
+        """The session timeout (seconds) ZooKeeper granted to TTL keys and locks of ``ttl``:
+        how long they outlive a dead owner, before the server's expiry granularity (see the
+        module documentation). More than ``ttl`` when the server's ``minSessionTimeout`` is
+        above it. Opens that TTL's session if needed."""
+        session = self._session_for(ttl)
+        return session.negotiated or session.asked
 
     def _acl_for(self, path: str) -> Any:
         """Creator-all inside the store's prefix and lock space; open above them."""
@@ -298,33 +506,41 @@ class ZooKeeperStore(Store):
                 return self._acl
         return OPEN_ACL_UNSAFE
 
-    def _ensure_parents(self, path: str, deadline: float, *, container: bool = False) -> None:
+    def _ensure_parents(
+        self,
+        path: str,
+        deadline: float,
+        *,
+        container: bool = False,
+        client: KazooClient | None = None,
+    ) -> None:
         """Create the missing ancestors of ``path`` as directory nodes (null data).
 
         All creates are pipelined in one round trip; ZooKeeper runs a session's requests in
         order, so each parent exists before its child is created.
         """
+        client = client or self._client
         parts = path.strip("/").split("/")[:-1]
         results = []
         current = ""
         for part in parts:
             current += "/" + part
             if container and current.startswith(f"/{LOCK_ROOT}/"):
-                op = self._create_container(current)
+                op = self._create_container(current, client)
             else:
-                op = self._client.create_async(current, None, acl=self._acl_for(current))
+                op = client.create_async(current, None, acl=self._acl_for(current))
             results.append(op)
         for op in results:
             with contextlib.suppress(NodeExistsError):
                 self._wait(op, deadline)
 
-    def _create_container(self, path: str) -> Any:
+    def _create_container(self, path: str, client: KazooClient) -> Any:
         """Create a container node: the server deletes it once its last child is gone.
 
         kazoo has no API for containers; this sends ZooKeeper's createContainer request.
         """
-        result = self._client.handler.async_result()
-        self._client._call(_CreateContainer(path, b"", self._acl_for(path), 4), result)
+        result = client.handler.async_result()
+        client._call(_CreateContainer(path, b"", self._acl_for(path), 4), result)
         return result
 
     def _create(
@@ -336,12 +552,15 @@ class ZooKeeperStore(Store):
         ephemeral: bool = False,
         sequence: bool = False,
         container_parents: bool = False,
+        client: KazooClient | None = None,
     ) -> tuple[str, Any]:
-        """Create ``path`` (and its parents); return (path, stat)."""
+        """Create ``path`` (and its parents) through ``client`` (the main one by default: an
+        ephemeral node belongs to the session of the client that creates it)."""
+        client = client or self._client
         for _ in range(_RETRIES):
             try:
                 created: tuple[str, Any] = self._wait(
-                    self._client.create_async(
+                    client.create_async(
                         path,
                         value,
                         acl=self._acl_for(path),
@@ -354,25 +573,35 @@ class ZooKeeperStore(Store):
                 return created
             except NoNodeError:
                 # a parent is missing (or was removed as empty by a concurrent delete)
-                self._ensure_parents(path, deadline, container=container_parents)
+                self._ensure_parents(path, deadline, container=container_parents, client=client)
         raise UnavailableError(f"could not create {path} on {self}: its parents kept vanishing")
 
-    def _read(self, path: str, deadline: float) -> tuple[bytes | None, Any] | None:
+    def _read(
+        self, path: str, deadline: float, client: KazooClient | None = None
+    ) -> tuple[bytes | None, Any] | None:
         """(data, stat) of a node, or None when it does not exist."""
         try:
-            data, stat = self._wait(self._client.get_async(path), deadline)
+            data, stat = self._wait((client or self._client).get_async(path), deadline)
         except NoNodeError:
             return None
         return data, stat
 
     def _replace(
-        self, path: str, value: bytes, version: int, *, ephemeral: bool, deadline: float
+        self,
+        path: str,
+        value: bytes,
+        version: int,
+        *,
+        ephemeral: bool,
+        deadline: float,
+        client: KazooClient | None = None,
     ) -> Any:
-        """Re-create an existing node as persistent or ephemeral in one transaction.
+        """Re-create an existing node as persistent or ephemeral in one transaction (an
+        ephemeral one owned by ``client``'s session).
 
         The trailing set_data returns the new stat (all ops of a multi share one zxid).
         """
-        tx = self._client.transaction()
+        tx = (client or self._client).transaction()
         tx.delete(path, version)
         tx.create(path, value, acl=self._acl_for(path), ephemeral=ephemeral)
         tx.set_data(path, value)
@@ -387,16 +616,17 @@ class ZooKeeperStore(Store):
                 raise res
         return results[2]
 
-    def _track(self, path: str, value: bytes | None) -> None:
+    def _track(self, path: str, value: bytes | None, session: _Session | None = None) -> None:
         with self._mutex:
-            if value is None:
+            if value is None or session is None:
                 self._ephemeral.pop(path, None)
             else:
-                self._ephemeral[path] = value
+                self._ephemeral[path] = _Tracked(value, session)
 
-    def _owned(self, path: str) -> bool:
+    def _owned(self, path: str, session: _Session) -> bool:
         with self._mutex:
-            return path in self._ephemeral
+            tracked = self._ephemeral.get(path)
+            return tracked is not None and tracked.session is session
 
     # -- keys and values ---------------------------------------------------------------------
 
@@ -422,38 +652,49 @@ class ZooKeeperStore(Store):
 
     def _put(self, key: str, value: bytes, ttl: float | None) -> None:
         path = self._abs(key)
+        if ttl is None:
+            self._retrying(lambda: f"put {key!r}", lambda d: self._write(path, value, None, d))
+            return
+        with self._errors(f"put {key!r}"):
+            session = self._session_for(ttl)
         self._retrying(
-            lambda: f"put {key!r}", lambda d: self._write(path, value, ttl is not None, d)
+            lambda: f"put {key!r}", lambda d: self._write(path, value, session, d), session=session
         )
 
-    def _write(self, path: str, value: bytes, ephemeral: bool, deadline: float) -> Any:
-        """Write a key as persistent or ephemeral; return its new stat."""
+    def _write(self, path: str, value: bytes, session: _Session | None, deadline: float) -> Any:
+        """Write a key as persistent, or as ephemeral on ``session``; return its new stat."""
         for _ in range(_RETRIES):
-            if ephemeral:
-                if self._owned(path):
+            if session is not None:
+                client = session.client
+                if self._owned(path, session):
                     try:
-                        stat = self._wait(self._client.set_async(path, value), deadline)
+                        stat = self._wait(client.set_async(path, value), deadline)
                     except NoNodeError:
                         self._track(path, None)
                         continue
-                    if stat.ephemeralOwner == self._session_id:
-                        self._track(path, value)
+                    if stat.ephemeralOwner == session.session_id:
+                        self._track(path, value, session)
                         return stat
                     self._track(path, None)
                     continue
                 try:
-                    _, stat = self._create(path, value, deadline, ephemeral=True)
+                    _, stat = self._create(path, value, deadline, ephemeral=True, client=client)
                 except NodeExistsError:
-                    found = self._read(path, deadline)
+                    found = self._read(path, deadline, client)
                     if found is None:
                         continue
                     try:
                         stat = self._replace(
-                            path, value, found[1].version, ephemeral=True, deadline=deadline
+                            path,
+                            value,
+                            found[1].version,
+                            ephemeral=True,
+                            deadline=deadline,
+                            client=client,
                         )
                     except (BadVersionError, NoNodeError):
                         continue
-                self._track(path, value)
+                self._track(path, value, session)
                 return stat
             # persistent
             try:
@@ -595,22 +836,24 @@ class ZooKeeperStore(Store):
         self, key: str, value: bytes, previous: KVPair | None, ttl: float | None
     ) -> KVPair:
         path = self._abs(key)
-        ephemeral = ttl is not None
         with self._errors(f"atomic_put {key!r}"):
+            session = None if ttl is None else self._session_for(ttl)
             deadline = self._deadline()
             if previous is None:
-                stat = self._create_only(key, path, value, ephemeral, deadline)
+                stat = self._create_only(key, path, value, session, deadline)
             else:
-                stat = self._swap(key, path, value, previous, ephemeral, deadline)
-            self._track(path, value if ephemeral else None)
+                stat = self._swap(key, path, value, previous, session, deadline)
+            self._track(path, value, session)
         return KVPair(key, value, stat.mzxid)
 
     def _create_only(
-        self, key: str, path: str, value: bytes, ephemeral: bool, deadline: float
+        self, key: str, path: str, value: bytes, session: _Session | None, deadline: float
     ) -> Any:
+        ephemeral = session is not None
+        client = self._client if session is None else session.client
         for _ in range(_RETRIES):
             try:
-                _, stat = self._create(path, value, deadline, ephemeral=ephemeral)
+                _, stat = self._create(path, value, deadline, ephemeral=ephemeral, client=client)
                 return stat
             except NodeExistsError:
                 found = self._read(path, deadline)
@@ -623,7 +866,12 @@ class ZooKeeperStore(Store):
                 try:
                     if ephemeral:
                         return self._replace(
-                            path, value, stat.version, ephemeral=True, deadline=deadline
+                            path,
+                            value,
+                            stat.version,
+                            ephemeral=True,
+                            deadline=deadline,
+                            client=client,
                         )
                     return self._wait(self._client.set_async(path, value, stat.version), deadline)
                 except (BadVersionError, NoNodeError):
@@ -642,13 +890,26 @@ class ZooKeeperStore(Store):
         return stat
 
     def _swap(
-        self, key: str, path: str, value: bytes, previous: KVPair, ephemeral: bool, deadline: float
+        self,
+        key: str,
+        path: str,
+        value: bytes,
+        previous: KVPair,
+        session: _Session | None,
+        deadline: float,
     ) -> Any:
         stat = self._check(key, path, previous, deadline)
+        ephemeral = session is not None
         try:
-            owned = stat.ephemeralOwner == self._session_id
-            if ephemeral and not owned:
-                return self._replace(path, value, stat.version, ephemeral=True, deadline=deadline)
+            if session is not None and stat.ephemeralOwner != session.session_id:
+                return self._replace(
+                    path,
+                    value,
+                    stat.version,
+                    ephemeral=True,
+                    deadline=deadline,
+                    client=session.client,
+                )
             if not ephemeral and _is_ephemeral(stat):
                 return self._replace(path, value, stat.version, ephemeral=False, deadline=deadline)
             return self._wait(self._client.set_async(path, value, stat.version), deadline)
@@ -684,44 +945,9 @@ class ZooKeeperStore(Store):
 
     # -- sessions ----------------------------------------------------------------------------
 
-    def _on_state(self, state: str) -> None:
-        """kazoo's connection listener: runs on its connection thread, so it must not block."""
-        if state == KazooState.CONNECTED:
-            self._connected.set()
-        else:
-            self._connected.clear()
-        if state == KazooState.SUSPENDED:
-            # the session may still live: the worker marks locks lost if this lasts too long
-            self._suspended_since = time.monotonic()
-        elif state == KazooState.LOST:
-            self._suspended_since = None
-            self._mark_locks_lost("the ZooKeeper session expired")
-        elif state == KazooState.CONNECTED:
-            self._suspended_since = None
-            session = self._current_session()
-            if self._session_id is None:  # the first connection
-                self._session_id = session
-            elif session != self._session_id:
-                log.warning("%s: new ZooKeeper session; re-creating TTL keys", self)
-                self._session_id = session
-                self._resync.set()
-            with self._mutex:
-                watchers = list(self._watchers)
-            for watcher in watchers:
-                watcher.refresh()
-        with self._mutex:
-            waiters = list(self._waiters)
-        for event in waiters:
-            event.set()
-
-    def _mark_locks_lost(self, reason: str) -> None:
-        with self._mutex:
-            locks = list(self._locks)
-        for lock in locks:
-            lock._mark_lost(reason)
-
     def _suspension_grace(self) -> float:
-        """How long a suspended connection may last before held locks count as lost.
+        """How long the shared session (``session_timeout`` given) may stay suspended before
+        its locks count as lost.
 
         kazoo pings every S/3 of the session timeout S and suspends when a ping stays
         unanswered for another S/3, so at most 2/3 S after the server last heard from it; a
@@ -729,58 +955,117 @@ class ZooKeeperStore(Store):
         session can thus expire S/3 minus that after SUSPENDED, and S/6 stays ahead of it
         whenever S >= 3 tickTime. A leader election or a reconnect to another server ends a
         suspension sooner (the session survives them: the new leader renews every session), so
-        locks outlive both. kazoo does not expose the timeout the server negotiated, so this
-        uses the one asked for: keep ``session_timeout`` within the server's
-        [minSessionTimeout, maxSessionTimeout].
+        locks outlive both. S is the timeout the server negotiated. The sessions of TTL classes
+        have no grace: they are as short as their TTL.
         """
-        return self.options.session_timeout / 6.0
+        return self._main.grace()
 
     def _session_worker(self) -> None:
-        """Marks locks lost when a suspension lasts too long, and re-creates this store's TTL
-        keys after its session expired (when a new session began)."""
-        while not self._stop.is_set():
-            since = self._suspended_since
-            if since is not None and time.monotonic() - since >= self._suspension_grace():
-                self._suspended_since = None
-                self._mark_locks_lost(
-                    f"the connection to ZooKeeper was suspended for more than "
-                    f"{self._suspension_grace():.1f} s"
-                )
-            if not self._resync.wait(0.05):
-                continue
-            self._resync.clear()
-            with self._mutex:
-                todo = dict(self._ephemeral)
-            for path, value in todo.items():
+        """Marks a session's locks lost when its suspension lasts longer than its grace. It
+        never waits on the network, so nothing delays it; the upkeep worker does the rest."""
+        while not self._stop.wait(0.05):
+            for session in self._sessions():
+                since = session.suspended_since
+                if since is not None and time.monotonic() - since >= session.grace():
+                    session.suspended_since = None
+                    session.mark_locks_lost(
+                        f"the connection of its {session} was suspended for more than "
+                        f"{session.grace():.1f} s"
+                    )
+
+    def _upkeep_worker(self) -> None:
+        """Re-creates a session's TTL keys after it expired (when a new session began), and
+        deletes the lock nodes of releases and acquisitions that failed."""
+        while not self._stop.wait(0.05):
+            for session in self._sessions():
                 if self._stop.is_set():
                     return
                 try:
-                    with self._errors(f"re-create TTL key {self._rel(path)!r}"):
-                        self._recreate(path, value)
-                except Exception:  # retried later
-                    log.warning("%s: could not re-create %s", self, path, exc_info=True)
-                    if not self._stop.wait(0.5):
-                        self._resync.set()
-                    break
+                    self._clean_up(session)
+                    self._resync(session)
+                except Exception:  # logged, and tried again on the next round
+                    log.warning("%s: session upkeep failed", session, exc_info=True)
 
-    def _recreate(self, path: str, value: bytes) -> None:
-        deadline = self._deadline()
+    def _resync(self, session: _Session) -> None:
+        if not session.resync.is_set() or not session.connected.is_set():
+            return
+        session.resync.clear()
+        with self._mutex:
+            todo = {p: t for p, t in self._ephemeral.items() if t.session is session}
+        for path, tracked in todo.items():
+            if self._stop.is_set():
+                return
+            try:
+                with self._errors(f"re-create TTL key {self._rel(path)!r}"):
+                    self._recreate(path, tracked)
+            except Exception:  # retried later
+                log.warning("%s: could not re-create %s", session, path, exc_info=True)
+                if not self._stop.wait(0.5):
+                    session.resync.set()
+                return
+
+    def _clean_up(self, session: _Session) -> None:
+        """Delete the lock nodes of failed releases and acquisitions on ``session``."""
+        with self._mutex:
+            jobs = list(session.cleanups)
+        for job in jobs:
+            if not session.connected.is_set() or job.next_try > time.monotonic():
+                continue
+            done = job.session_id != session.current()  # expired: its nodes are gone
+            if not done:
+                try:
+                    self._remove_lock_nodes(session.client, job, self._deadline())
+                    done = True
+                except (KazooException, KazooTimeoutError) as exc:
+                    log.info(
+                        "%s: lock cleanup in %s failed (%r); retrying", session, job.directory, exc
+                    )
+                    job.next_try = time.monotonic() + _CLEANUP_INTERVAL
+            if done:
+                with self._mutex, contextlib.suppress(ValueError):
+                    session.cleanups.remove(job)
+
+    def _remove_lock_nodes(self, client: KazooClient, job: _Cleanup, deadline: float) -> None:
+        """Delete the key node a lock wrote (only while it is still that node) and every
+        queue node named with the acquisition's prefix."""
+        if job.key_path is not None and job.czxid is not None:
+            found = self._read(job.key_path, deadline, client)
+            if found is not None and found[1].czxid == job.czxid:
+                with contextlib.suppress(NoNodeError, BadVersionError, NotEmptyError):
+                    self._wait(client.delete_async(job.key_path, found[1].version), deadline)
         try:
-            _, stat = self._create(path, value, deadline, ephemeral=True)
+            names: list[str] = self._wait(client.get_children_async(job.directory), deadline)
+        except NoNodeError:
+            names = []
+        mine = [n for n in names if n.startswith(job.prefix + "-")]
+        ops = [client.delete_async(f"{job.directory}/{n}") for n in mine]
+        for op in ops:
+            with contextlib.suppress(NoNodeError):
+                self._wait(op, deadline)
+        if job.key_path is not None:
+            self._prune_parents(job.key_path, deadline)
+
+    def _recreate(self, path: str, tracked: _Tracked) -> None:
+        deadline = self._deadline()
+        session = tracked.session
+        try:
+            _, stat = self._create(
+                path, tracked.value, deadline, ephemeral=True, client=session.client
+            )
         except NodeExistsError:
             found = self._read(path, deadline)
-            if found is not None and found[1].ephemeralOwner != self._session_id:
+            if found is not None and found[1].ephemeralOwner != session.session_id:
                 # someone else wrote the key meanwhile: theirs wins
                 with self._mutex:
-                    if self._ephemeral.get(path) is value:
+                    if self._ephemeral.get(path) is tracked:
                         del self._ephemeral[path]
             return
         with self._mutex:
-            still_wanted = self._ephemeral.get(path) is value
+            still_wanted = self._ephemeral.get(path) is tracked
         if not still_wanted:
             # This store deleted (or rewrote) the key while it was being re-created: the
-            # delete untracks before it is sent and a session runs its requests in order, so
-            # either the delete came after the create, or the untracking is seen here. Undo
+            # delete untracks before it is sent, and this check follows the create's answer,
+            # so either the delete came after the create, or the untracking is seen here. Undo
             # the create unless the key was written again since.
             with contextlib.suppress(NoNodeError, BadVersionError, NotEmptyError):
                 self._wait(self._client.delete_async(path, stat.version), deadline)
@@ -815,9 +1100,12 @@ class ZooKeeperStore(Store):
 
     def _close(self) -> None:
         self._stop.set()
+        with self._classes_lock:  # after this, no TTL class opens a session any more
+            sessions = [self._main, *self._classes.values()]
+            self._classes.clear()
         with self._mutex:
             watchers = list(self._watchers)
-            locks = list(self._locks)
+            locks = [lock for session in sessions for lock in session.locks]
             waiters = list(self._waiters)
             self._ephemeral.clear()
         for watcher in watchers:
@@ -825,29 +1113,19 @@ class ZooKeeperStore(Store):
         for event in waiters:
             event.set()
         for lock in locks:
-            # closing the session below releases them: the locks are no longer held
+            # closing the sessions below releases them: the locks are no longer held
             lock._releasing = True
             lock._held = False
-        with contextlib.suppress(Exception):
-            self._client.remove_listener(self._on_state)
-        # closing the session deletes its ephemeral nodes (TTL keys, held locks) at once
-        self._shutdown_client()
-        worker = getattr(self, "_worker", None)
-        if worker is not None:
-            worker.join(_JOIN_TIMEOUT)
-
-    def _shutdown_client(self, *, wait: bool = True) -> None:
-        closer = threading.Thread(target=self._stop_client, daemon=True)
-        closer.start()
-        if wait:
-            closer.join(self.timeout)
-
-    def _stop_client(self) -> None:
-        try:
-            self._client.stop()
-            self._client.close()
-        except Exception:
-            log.debug("error while stopping the kazoo client of %s", self, exc_info=True)
+        # closing a session deletes its ephemeral nodes (TTL keys, held locks) at once; the
+        # sessions close in parallel, all within the store's timeout
+        closers = [session.shutdown(wait=False) for session in sessions]
+        end = self._deadline()
+        for closer in closers:
+            closer.join(max(0.0, end - time.monotonic()))
+        for name in ("_worker", "_upkeep"):
+            worker = getattr(self, name, None)
+            if worker is not None:
+                worker.join(_JOIN_TIMEOUT)
 
 
 class _Watcher:
@@ -1071,7 +1349,11 @@ class _TreeWatcher(_Watcher):
 
 
 class _ZooKeeperLock(Lock):
-    """The ZooKeeper lock recipe; the holder's value lives at the key as an ephemeral node."""
+    """The ZooKeeper lock recipe; the holder's value lives at the key as an ephemeral node.
+
+    Queue nodes are named ``<prefix>-lock-<sequence>`` with a prefix new for every
+    acquisition, so that a node whose create timed out or lost its connection (and may have
+    been made anyway) is found again, and removed when the acquisition is given up."""
 
     store: ZooKeeperStore
 
@@ -1080,99 +1362,181 @@ class _ZooKeeperLock(Lock):
         self._key_path = store._abs(key)
         self._dir = f"/{LOCK_ROOT}/{store._path(key)}"
         self._id = uuid.uuid4().hex.encode()
+        self._session: _Session | None = None
+        self._prefix = ""
         self._node: str | None = None
+        self._sent_create = False
         self._releasing = False
         self._czxid: int | None = None
+        self._written_in: int | None = None  # the session that wrote the key
 
     def _acquire(self, timeout: float | None) -> int | None:
         store = self.store
         end = None if timeout is None else time.monotonic() + timeout
+        with store._errors(f"lock {self.key!r}"):
+            session = store._session_for(
+                self.ttl, None if timeout is None else min(timeout, store.timeout)
+            )
+        self._session = session
+        self._prefix = uuid.uuid4().hex
+        self._node = None
+        self._sent_create = False
+        self._releasing = False
         wake = threading.Event()
         with store._mutex:
             store._waiters.add(wake)
         try:
-            with store._errors(f"lock {self.key!r}"):
-                self._node = None
-                self._releasing = False
-                while True:
-                    store._check_open()
-                    wake.clear()
-                    names = self._enqueue() if self._node is None else None
-                    predecessor = self._predecessor(wake, names)
-                    if predecessor is None:
-                        break
-                    remaining = None if end is None else end - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        self._drop_node()
-                        return None
-                    wake.wait(remaining if remaining is not None else 1.0)
-                token = self._write_value()
+            token = self._queue(session, end, wake)
         except BaseException:
-            with contextlib.suppress(Exception):
-                self._drop_node()
+            self._abandon(session)
             raise
         finally:
             with store._mutex:
                 store._waiters.discard(wake)
+        if token is None:
+            self._abandon(session)
+            return None
         with store._mutex:
-            store._locks.add(self)
-        self._watch_key()
+            session.locks.add(self)
+        self._held = True  # from here on a suspension or an expiry marks it lost
+        if session.current() != self._written_in or (
+            session.strict and not session.connected.is_set()
+        ):
+            self._mark_lost(f"its {session} was suspended or expired as it was acquired")
+        self._watch_key(session)
         return token
 
-    def _enqueue(self) -> list[str] | None:
-        """Create our sequence node and list the queue in one round trip (ZooKeeper answers
-        a session's requests in order, so the listing includes our node)."""
+    def _queue(self, session: _Session, end: float | None, wake: threading.Event) -> int | None:
+        """Wait in the queue until first, then write the key; None when ``end`` passed.
+
+        Every round trip is bounded by the store's timeout and by ``end``; a lost connection
+        is waited out as long as both allow (the session, and our node, may survive it)."""
         store = self.store
-        deadline = store._deadline()
-        path = self._dir + "/lock-"
-        create = store._client.create_async(
+        what = f"lock {self.key!r}"
+        trouble_since: float | None = None
+        while True:
+            store._check_open()
+            wake.clear()
+            now = time.monotonic()
+            if end is not None and now >= end:
+                return None
+            deadline = now + store.timeout if end is None else min(now + store.timeout, end)
+            try:
+                names = self._enqueue(session.client, deadline) if self._node is None else None
+                predecessor = self._predecessor(session.client, wake, names, deadline)
+                if predecessor is None:
+                    return self._write_value(session, deadline)
+                trouble_since = None
+            except (ConnectionLoss, SessionExpiredError, KazooTimeoutError) as exc:
+                now = time.monotonic()
+                if end is not None and now >= end:
+                    return None
+                if isinstance(exc, KazooTimeoutError):  # the store's timeout, not ours
+                    raise store._mapped(exc, what) from exc
+                trouble_since = trouble_since or now
+                limit = trouble_since + store.timeout
+                if end is not None:
+                    limit = min(limit, end)
+                if not session.connected.wait(max(0.0, limit - now)):
+                    if end is not None and time.monotonic() >= end:
+                        return None
+                    raise store._mapped(exc, what) from exc
+                continue
+            except KazooException as exc:
+                raise store._mapped(exc, what) from exc
+            remaining = None if end is None else end - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return None
+            wake.wait(remaining if remaining is not None else 1.0)
+
+    def _enqueue(self, client: KazooClient, deadline: float) -> list[str] | None:
+        """Create our sequence node and list the queue in one round trip (ZooKeeper answers
+        a session's requests in order, so the listing includes our node). After a create whose
+        answer was lost, first look for the node it may have made."""
+        store = self.store
+        if self._sent_create:
+            client.sync_async(self._dir)  # a follower catches up with the leader first
+            try:
+                names: list[str] = store._wait(client.get_children_async(self._dir), deadline)
+            except NoNodeError:
+                names = []
+            mine = self._mine(names)
+            if mine:
+                self._node = f"{self._dir}/{mine[0]}"
+                return names
+        path = f"{self._dir}/{self._prefix}-lock-"
+        self._sent_create = True
+        create = client.create_async(
             path, self._id, acl=store._acl_for(path), ephemeral=True, sequence=True
         )
-        listing = store._client.get_children_async(self._dir)
+        listing = client.get_children_async(self._dir)
         try:
             self._node = store._wait(create, deadline)
         except NoNodeError:  # first lock on this key: make the queue's container nodes
             self._node, _ = store._create(
-                path, self._id, deadline, ephemeral=True, sequence=True, container_parents=True
+                path,
+                self._id,
+                deadline,
+                ephemeral=True,
+                sequence=True,
+                container_parents=True,
+                client=client,
             )
             return None
         try:
-            names: list[str] = store._wait(listing, deadline)
+            names = store._wait(listing, deadline)
         except NoNodeError:
             return None
         return names
 
-    def _predecessor(self, wake: threading.Event, names: list[str] | None) -> str | None:
+    def _mine(self, names: list[str]) -> list[str]:
+        """The queue nodes of this acquisition, oldest first."""
+        return sorted((n for n in names if n.startswith(self._prefix + "-")), key=lambda n: n[-10:])
+
+    def _predecessor(
+        self, client: KazooClient, wake: threading.Event, names: list[str] | None, deadline: float
+    ) -> str | None:
         """None when our node is first in line; else the node before it (watched)."""
         store = self.store
         assert self._node is not None
         if names is None:
-            names = store._wait(store._client.get_children_async(self._dir), store._deadline())
+            try:
+                names = store._wait(client.get_children_async(self._dir), deadline)
+            except NoNodeError:  # our node expired with its session, then the queue went
+                names = []
         mine = self._node.rsplit("/", 1)[1]
         if mine not in names:  # our session expired meanwhile: queue again
             self._node = None
             return ""
-        ordered = sorted(names, key=lambda n: n.rsplit("-", 1)[-1])
+        # a second node of ours (a create retried after its answer was lost): never wait
+        # for ourselves; remove it
+        extra = [n for n in self._mine(names) if n != mine]
+        for name in extra:
+            client.delete_async(f"{self._dir}/{name}")
+        ordered = sorted((n for n in names if n not in extra), key=lambda n: n[-10:])
         index = ordered.index(mine)
         if index == 0:
             return None
         before = f"{self._dir}/{ordered[index - 1]}"
         stat = store._wait(
-            store._client.exists_async(before, watch=lambda _event: wake.set()),
-            store._deadline(),
+            client.exists_async(before, watch=lambda _event: wake.set()),
+            deadline,
         )
         return before if stat is not None else ""
 
-    def _write_value(self) -> int:
+    def _write_value(self, session: _Session, deadline: float) -> int:
         """Put our value at the key as an ephemeral node; its czxid is the fencing token."""
         store = self.store
-        deadline = store._deadline()
+        client = session.client
+        self._written_in = session.current()
         for _ in range(_RETRIES):
             try:
-                _, stat = store._create(self._key_path, self.value, deadline, ephemeral=True)
+                _, stat = store._create(
+                    self._key_path, self.value, deadline, ephemeral=True, client=client
+                )
             except NodeExistsError:
                 # a plain key (or a stale holder's node) is in the way: the lock owns the key
-                found = store._read(self._key_path, deadline)
+                found = store._read(self._key_path, deadline, client)
                 if found is None:
                     continue
                 if found[1].numChildren:
@@ -1181,72 +1545,116 @@ class _ZooKeeperLock(Lock):
                         "value must be an ephemeral node, which cannot have children"
                     ) from None
                 with contextlib.suppress(NoNodeError, BadVersionError):
-                    store._wait(
-                        store._client.delete_async(self._key_path, found[1].version), deadline
-                    )
+                    store._wait(client.delete_async(self._key_path, found[1].version), deadline)
                 continue
             self._czxid = int(stat.czxid)
             return self._czxid
         raise OperationTimeoutError(f"lock {self.key!r} on {store}: could not write its key")
 
-    def _watch_key(self) -> None:
-        """Someone deleting the key breaks the lock: mark it lost and leave the queue."""
+    def _watch_key(self, session: _Session) -> None:
+        """Someone deleting (or replacing) the key breaks the lock: mark it lost and leave the
+        queue. A watch that cannot be armed again marks it lost too: without it nothing would
+        tell the holder."""
+        client = session.client
+
+        def watching() -> bool:
+            return not self._releasing and self._held and not self.lost.is_set()
+
+        def lose(reason: str) -> None:
+            self._mark_lost(reason)
+
+        def arm() -> None:
+            try:
+                client.exists_async(self._key_path, watch=on_event).rawlink(on_exists)
+            except Exception as exc:  # noqa: BLE001 - whatever it is, the lock is unwatched
+                lose(f"could not watch its key ({exc!r})")
 
         def on_event(event: Any) -> None:
-            if self._releasing or not self._held:
+            if not watching():
                 return
             if event.type == EventType.DELETED:
-                self._mark_lost("its key was deleted")
-                with contextlib.suppress(Exception):
-                    if self._node is not None:
-                        self.store._client.delete_async(self._node)
-            elif not self.store.closed:
-                with contextlib.suppress(Exception):
-                    self.store._client.exists_async(self._key_path, watch=on_event)
+                lose("its key was deleted")
+            else:
+                arm()
 
         def on_exists(result: Any) -> None:
-            with contextlib.suppress(Exception):
-                if result.get_nowait() is None:
-                    on_event(type("Deleted", (), {"type": EventType.DELETED})())
+            if not watching():
+                return
+            try:
+                stat = result.get_nowait()
+            except Exception as exc:  # noqa: BLE001 - whatever it is, the lock is unwatched
+                lose(f"could not watch its key ({exc!r})")
+                return
+            if stat is None:
+                lose("its key was deleted")
+            elif stat.czxid != self._czxid:
+                lose("its key was replaced")
 
-        try:
-            self.store._client.exists_async(self._key_path, watch=on_event).rawlink(on_exists)
-        except KazooException:
-            self._mark_lost("could not watch its key")
+        arm()
 
-    def _drop_node(self) -> None:
-        if self._node is None:
+    def _mark_lost(self, reason: str) -> None:
+        if not self._held or self.lost.is_set():
             return
-        store = self.store
-        with contextlib.suppress(NoNodeError):
-            store._wait(store._client.delete_async(self._node), store._deadline())
-        self._node = None
+        super()._mark_lost(reason)
+        session = self._session
+        if session is not None and not self.store.closed:
+            # a lock that no longer trusts itself must not keep others out either: its nodes
+            # go (the key only while it is still the node it wrote), now or after a reconnect
+            self.store._schedule(
+                session,
+                _Cleanup(session.current(), self._dir, self._prefix, self._key_path, self._czxid),
+            )
+
+    def _abandon(self, session: _Session) -> None:
+        """Leave the queue after an acquisition was given up, without waiting: a create whose
+        answer was lost may have made a node, so the session worker deletes every node of
+        this acquisition's prefix once the connection allows."""
+        node, self._node = self._node, None
+        if node is not None:
+            with contextlib.suppress(Exception):  # at once when possible; the job makes sure
+                session.client.delete_async(node)
+        if self._sent_create:
+            self.store._schedule(session, _Cleanup(session.current(), self._dir, self._prefix))
 
     def _release(self) -> None:
         store = self.store
+        session = self._session
         self._releasing = True
+        if session is None:
+            return
         with store._mutex:
-            store._locks.discard(self)
+            session.locks.discard(self)
         if store.closed:
             return  # closing the session removed our nodes
-        with store._errors(f"release lock {self.key!r}"):
-            deadline = store._deadline()
-            if not self.lost.is_set() and self._node is not None:
+        what = f"release lock {self.key!r}"
+        client = session.client
+        job = _Cleanup(session.current(), self._dir, self._prefix, self._key_path, self._czxid)
+        fast = not self.lost.is_set() and self._node is not None
+
+        def attempt(deadline: float) -> None:
+            nonlocal fast
+            if fast:
                 # still held, so the key is our node: drop it and our place in one transaction
-                tx = store._client.transaction()
+                fast = False
+                tx = client.transaction()
                 tx.delete(self._key_path)
                 tx.delete(self._node)
                 results = store._wait(tx.commit_async(), deadline)
                 if not any(isinstance(r, Exception) for r in results):
-                    self._node = None
                     store._prune_parents(self._key_path, deadline)
                     return
-            found = store._read(self._key_path, deadline)
-            # delete the key only if it is still the node we wrote (not a later holder's)
-            if found is not None and found[1].czxid == self._czxid:
-                with contextlib.suppress(NoNodeError, BadVersionError, NotEmptyError):
-                    store._wait(
-                        store._client.delete_async(self._key_path, found[1].version), deadline
-                    )
-            self._drop_node()
-            store._prune_parents(self._key_path, deadline)
+            # the key only if it is still the node we wrote (not a later holder's); a retry
+            # after a lost answer lands here too
+            store._remove_lock_nodes(client, job, deadline)
+
+        try:
+            store._retrying(lambda: what, attempt, session=session)
+        except (UnavailableError, OperationTimeoutError) as exc:
+            # the lock must not stay taken while this session lives: keep deleting its nodes
+            store._schedule(session, job)
+            raise type(exc)(
+                f"{exc}; its nodes will be deleted once the connection is back (or go with "
+                "the session)"
+            ) from exc
+        finally:
+            self._node = None
