@@ -196,7 +196,7 @@ class SQLiteStore(Store):
             )
         if "\x00" in url.path:
             raise ConfigurationError(f"{url}: the sqlite path holds a NUL character")
-        if url.path.endswith("/") or os.path.isdir(url.path or "."):
+        if url.path and (url.path.endswith("/") or os.path.isdir(url.path)):
             raise UnavailableError(
                 f"{url}: the sqlite path {url.path!r} is a directory; name a database file"
             )
@@ -808,10 +808,22 @@ def raise_mapped(store: SQLiteStore, exc: sqlite3.Error, what: str, key: str | N
 def _denied(path: str) -> bool:
     """Whether file permissions keep this process from reading and writing ``path`` (or
     from creating it in its directory)."""
-    if os.path.exists(path):
-        return not os.access(path, os.R_OK | os.W_OK)
-    directory = os.path.dirname(os.path.abspath(path))
-    return os.path.isdir(directory) and not os.access(directory, os.W_OK | os.X_OK)
+    try:
+        os.close(os.open(path, os.O_RDWR))  # the real check: ACLs, immutable files, root
+    except PermissionError:
+        return True
+    except FileNotFoundError:
+        directory = os.path.dirname(os.path.abspath(path))
+        try:
+            os.stat(directory)
+        except PermissionError:  # a parent directory may not be searched
+            return True
+        except OSError:
+            return False
+        return not os.access(directory, os.W_OK | os.X_OK)
+    except OSError:
+        return False
+    return False
 
 
 class _SQLiteLock(Lock):

@@ -180,9 +180,9 @@ def _parse_host(text: str, shown: str, secret_risk: bool = False) -> Host:
     return Host(host, port)
 
 
-# user:password@ up to the last '@' before any query: a password may hold '/' or '@'
+# user:password@ up to the last '@' before any query: a password may hold '/', '@' or '#'
 # unencoded (over-masking a path with an '@' is the safe side of the trade).
-_USERINFO_PW_RE = re.compile(r"(://[^/@:?#]*:)[^?#]*@")
+_USERINFO_PW_RE = re.compile(r"(://[^/@:?#]*:)[^?]*@")
 _QUERY_SECRET_RE = re.compile(r"([?&](?:" + "|".join(sorted(SECRET_OPTIONS)) + r")=)[^&#]*")
 
 

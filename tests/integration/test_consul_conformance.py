@@ -2,7 +2,7 @@
 
 import pytest
 
-from pykv.testing import ConformanceTests
+from pykv.testing import ConformanceTests, FuzzTests
 
 pytestmark = [pytest.mark.integration, pytest.mark.consul]
 
@@ -11,3 +11,8 @@ class TestConsulStore(ConformanceTests):
     @pytest.fixture
     def store_url(self, consul_url: str) -> str:
         return consul_url
+
+
+class TestConsulFuzz(FuzzTests):  # the fuzz suite, with fewer examples over the network
+    fuzz_examples = 25
+    store_url = TestConsulStore.store_url

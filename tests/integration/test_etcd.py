@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pykv.testing import ConformanceTests
+from pykv.testing import ConformanceTests, FuzzTests
 
 pytestmark = [pytest.mark.integration, pytest.mark.etcd]
 
@@ -13,3 +13,8 @@ class TestEtcd(ConformanceTests):
     @pytest.fixture
     def store_url(self, etcd_url: str) -> str:
         return etcd_url
+
+
+class TestEtcdFuzz(FuzzTests):  # the fuzz suite, with fewer examples over the network
+    fuzz_examples = 25
+    store_url = TestEtcd.store_url

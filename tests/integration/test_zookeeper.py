@@ -21,7 +21,7 @@ from kazoo.exceptions import NoAuthError
 
 import pykv
 from pykv import KVPair, Store
-from pykv.testing import ConformanceTests
+from pykv.testing import ConformanceTests, FuzzTests
 from pykv.testing._support import drain_until, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.zookeeper]
@@ -59,6 +59,12 @@ class TestZooKeeperStore(ConformanceTests):
     def store_options(self) -> dict[str, Any]:
         # short sessions make the dead-process tests fast; the class slack still covers 10 s
         return {"session_timeout": 4}
+
+
+class TestZooKeeperFuzz(FuzzTests):  # the fuzz suite, with fewer examples over the network
+    fuzz_examples = 25
+    store_url = TestZooKeeperStore.store_url
+    store_options = TestZooKeeperStore.store_options
 
 
 @pytest.fixture
