@@ -166,7 +166,9 @@ class Watch(Closing, Generic[T]):
     changes may be coalesced, but the last state is always delivered, and a deletion always
     produces ``None`` (or a snapshot without the key). Every ``watch_tree`` event is a full
     snapshot, never a delta. A watch survives reconnects of the backend. When it cannot go on,
-    iteration raises the error; it never stops silently. :meth:`close` ends the iteration.
+    iteration raises the error; it never stops silently, and the error is never a
+    :class:`TimeoutError` (which :meth:`get` raises only for "no event yet"), so a loop that
+    retries on timeouts ends. :attr:`error` holds it. :meth:`close` ends the iteration.
 
     Drivers feed a watch with :meth:`_emit` and :meth:`_fail` from their own threads.
     """
@@ -391,8 +393,10 @@ class Store(Closing, abc.ABC):
     """A key-value store: the one interface of every pykv backend.
 
     Open one with :func:`pykv.open_store`; it is a context manager, and :meth:`close` releases
-    its locks and ephemeral keys. Methods are thread-safe. ``str(store)`` shows its URL with
-    secrets masked.
+    its locks and ephemeral keys. Methods are thread-safe. ``str(store)`` and
+    ``repr(store.options)`` show secrets masked. A background task that fails (keeping TTL keys
+    and locks alive, feeding watches) logs, sets ``lost`` on the locks it may cost, and is
+    reported by :attr:`background_error`; none dies silently.
 
     Drivers implement the underscored methods; they receive keys already validated and
     normalised (relative to the prefix), values as bytes, and map their client library's errors
