@@ -113,7 +113,12 @@ def cmd_put(store: Store, args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-        _Stopper().event.wait()
+        stopper = _Stopper()
+        while not stopper.event.wait(1.0):
+            if store.background_error is not None:  # the key may be gone: say so, exit 5
+                raise errors.UnavailableError(
+                    f"keeping {pair.key} alive failed: {store.background_error}"
+                ) from store.background_error
     return EXIT_OK
 
 
