@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 
 from ._errors import InvalidArgumentError, InvalidKeyError, InvalidTypeError
 
@@ -11,9 +12,8 @@ __all__ = ["MAX_KEY_BYTES", "join", "normalize_key", "normalize_prefix", "shorte
 
 MAX_KEY_BYTES = 1024
 
-#: Characters no key may hold: C0 controls, DEL and C1 controls, the line and paragraph
-#: separators, and the bidi controls (embeddings, overrides, isolates) that make a key display
-#: as another one.
+#: Named in error messages: C0 controls, DEL and C1 controls, the line and paragraph
+#: separators, and the bidi controls (embeddings, overrides, isolates).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _BAD_SEGMENT = re.compile(r"(?:^|/)(?:\.{1,2})?(?:/|$)")
 #: Longer keys are validated without the cache: they are invalid (or mostly slashes), and a
@@ -35,10 +35,20 @@ def _check_segments(key: str, original: str, what: str) -> None:
         raise InvalidKeyError(
             f"{what} {shorten(original)} is longer than {MAX_KEY_BYTES} bytes (UTF-8)"
         )
-    control = _CONTROL.search(key)
-    if control:
+    # A key is printable text: no character of the Unicode categories "Other" (controls,
+    # format characters such as bidi controls and zero-width joiners, surrogates, private use,
+    # unassigned) or "Separator" but the ASCII space. Invisible characters make a key show as
+    # another one, and Consul's HTTP API refuses them (it writes them, but cannot read them).
+    if not key.isprintable():
+        control = _CONTROL.search(key)
+        if control:
+            raise InvalidKeyError(
+                f"{what} {shorten(original)} contains the control character {control.group()!r}"
+            )
+        char = next(c for c in key if not c.isprintable())
         raise InvalidKeyError(
-            f"{what} {shorten(original)} contains the control character {control.group()!r}"
+            f"{what} {shorten(original)} contains the unprintable character {char!r} "
+            f"(U+{ord(char):04X}, Unicode category {unicodedata.category(char)})"
         )
     bad = _BAD_SEGMENT.search(key)
     if bad:

@@ -1,6 +1,7 @@
 """Property tests (hypothesis) of keys, prefixes and values: :class:`FuzzTests`.
 
-They check the key rules against a reference written from the contract, not from the code:
+They check the key rules against a reference written from the contract, not from the code
+(a key is printable text: no Unicode "Other" or "Separator" character but the space):
 every invalid key raises :class:`~pykv.InvalidKeyError` on every call and writes nothing; every
 valid key, however odd, round-trips exactly; no key or prefix reaches outside the store's
 prefix; every value round-trips byte for byte. Needs ``hypothesis``.
@@ -9,6 +10,7 @@ prefix; every value round-trips byte for byte. Needs ``hypothesis``.
 from __future__ import annotations
 
 import contextlib
+import unicodedata
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -29,10 +31,15 @@ from ._suite import BaseStoreTests, OpenStore
 
 __all__ = ["FuzzTests", "expected_key"]
 
-#: Code points no key may hold, from the contract: C0, DEL, C1, U+2028/2029, bidi controls.
+#: Code points named by the contract: C0, DEL, C1, U+2028/2029, bidi controls.
 _FORBIDDEN = frozenset(
     [*range(0x00, 0x20), *range(0x7F, 0xA0), 0x2028, 0x2029, *range(0x202A, 0x202F)]
 ) | frozenset(range(0x2066, 0x206A))
+
+
+def _unprintable(char: str) -> bool:
+    """The contract's rule: Unicode categories "Other" (C*) and "Separator" (Z*) but ' '."""
+    return char != " " and unicodedata.category(char)[0] in "CZ"
 
 
 def expected_key(key: str) -> str | None:
@@ -42,7 +49,7 @@ def expected_key(key: str) -> str | None:
         return None
     for char in stripped:
         code = ord(char)
-        if code in _FORBIDDEN or 0xD800 <= code <= 0xDFFF:  # controls; lone surrogates
+        if code in _FORBIDDEN or 0xD800 <= code <= 0xDFFF or _unprintable(char):
             return None
     if any(segment in ("", ".", "..") for segment in stripped.split("/")):
         return None

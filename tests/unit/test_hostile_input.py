@@ -126,8 +126,18 @@ def test_c1_separators_and_bidi_controls_are_refused(store: pykv.Store, char: st
     assert store.list("") == []
 
 
-def test_neighbours_of_the_refused_characters_are_keys(store: pykv.Store) -> None:
-    for char in ("\xa0", "\u2027", "\u202f", "\u2065", "\u206a", "\u200f"):
+@pytest.mark.parametrize(
+    "char", [*"\xa0\xad\u200b\u200d\u200f\u202f\u2065\u206a\u3000\ufeff\ue000\U000e0001"]
+)
+def test_every_unprintable_character_is_refused(store: pykv.Store, char: str) -> None:
+    # Other (format, private use, unassigned) and separator characters: keys must be visible
+    # text, and Consul's HTTP API cannot read keys holding them.
+    with pytest.raises(InvalidKeyError, match=f"U\\+{ord(char):04X}"):
+        store.put(f"a{char}b", "x")
+
+
+def test_printable_neighbours_of_the_refused_characters_are_keys(store: pykv.Store) -> None:
+    for char in (" ", "\xa1", "\xae", "\u2027", "\u2030", "\u2070", "\ufffd", "\U0001f600"):
         store.put(f"a{char}b", "x")
         assert store.get(f"a{char}b").key == f"a{char}b"
 
