@@ -621,7 +621,9 @@ class SQLiteStore(Store):
                 time.sleep(min(1.0, self.timeout))
             except Exception as exc:  # noqa: BLE001  (logged by _background_failed; ends the watches)
                 self._background_failed("the watch dispatcher", exc)
-                self._hub.fail_all(UnavailableError(f"watching {self} failed: {exc}"))
+                with self._dispatch_lock:
+                    self._hub.fail_all(UnavailableError(f"watching {self} failed: {exc}"))
+                    self._dispatcher = None  # the next watch starts a new dispatcher
                 return
 
     def _resync(self, conn: sqlite3.Connection) -> None:

@@ -345,3 +345,36 @@ def test_sqlite_permission_denied_is_permission_denied(tmp_path: Path) -> None:
     assert run.returncode == 6, run.stderr
     assert "PermissionDeniedError" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_sqlite_watch_dispatcher_that_fails_ends_its_watches_and_restarts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pykv.open_store(f"sqlite:///{tmp_path}/dispatch.db") as store:
+        watch = store.watch("k")
+        assert watch.get(timeout=5) is None
+        real = store._dispatch_once  # type: ignore[attr-defined]
+        failures = iter([RuntimeError("a bug in the dispatcher")])
+
+        def failing_once(conn: object) -> None:
+            error = next(failures, None)
+            if error is not None:
+                raise error
+            real(conn)
+
+        monkeypatch.setattr(store, "_dispatch_once", failing_once)
+        store.put("k", "1")
+
+        def drain() -> None:
+            while True:  # an event may come first; then the error, never silence
+                watch.get(timeout=10)
+
+        with pytest.raises(UnavailableError, match="a bug in the dispatcher"):
+            drain()
+        error: object = store.background_error
+        assert isinstance(error, RuntimeError)
+        # A new watch gets a new dispatcher and its events.
+        with store.watch("k") as again:
+            assert again.get(timeout=5) is not None
+            store.put("k", "2")
+            assert again.get(timeout=5) == store.get("k")
