@@ -10,12 +10,13 @@ prefix; every value round-trips byte for byte. Needs ``hypothesis``.
 from __future__ import annotations
 
 import contextlib
+import re
 import unicodedata
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from .. import (
@@ -118,6 +119,14 @@ class FuzzTests(BaseStoreTests):
 
     #: Examples per property (each costs a few calls to the store).
     fuzz_examples: ClassVar[int] = 200
+    #: A regular expression matching valid keys this backend cannot hold yet: a known and
+    #: reported defect, left out of the round-trip properties so the rest still runs. Pin the
+    #: defect itself with its own (xfail) test.
+    unsupported_keys: ClassVar[str | None] = None
+
+    def _supported(self, *keys: str) -> bool:
+        pattern = self.unsupported_keys
+        return pattern is None or not any(re.search(pattern, key) for key in keys)
 
     def _settings(self, share: float = 1.0) -> settings:
         return settings(
@@ -137,6 +146,7 @@ class FuzzTests(BaseStoreTests):
 
     def test_fuzz_valid_keys_round_trip(self, store: Store) -> None:
         def check(key: str, value: bytes) -> None:
+            assume(self._supported(key))
             expected = expected_key(key)
             assert expected is not None
             store.put(key, value)
@@ -157,6 +167,7 @@ class FuzzTests(BaseStoreTests):
                 with pytest.raises(InvalidKeyError):
                     store.put(key, b"v")
                 return
+            assume(self._supported(key))
             store.put(key, b"v")
             assert store.get(expected).key == expected
             store.delete(expected)
@@ -200,6 +211,7 @@ class FuzzTests(BaseStoreTests):
             outer.put(key, value)
 
         def check(ops: list[tuple[str, str]]) -> None:
+            assume(self._supported(*(key for _, key in ops)))
             for op, key in ops:
                 if op == "put":
                     inner.put(key, b"w")
@@ -237,6 +249,7 @@ class FuzzTests(BaseStoreTests):
                 with pytest.raises((InvalidKeyError, ConfigurationError)):
                     open_store(prefix=below).close()
                 return
+            assume(self._supported(prefix, key))
             scoped = open_store(prefix=below)
             try:
                 scoped.put(key, b"p")
