@@ -6,9 +6,13 @@ contract and the shared conformance suite (:mod:`pykv.testing`) checks them on e
 Keys
     A key is a ``/``-separated path of one or more segments. Leading and trailing ``/`` are
     ignored, so ``a/b``, ``/a/b`` and ``a/b/`` are one key. Empty segments (``a//b``), ``.`` and
-    ``..`` segments, control characters (C0, DEL, C1), the line and paragraph separators
-    (U+2028, U+2029), bidi controls (U+202A-U+202E, U+2066-U+2069) and keys over 1024 UTF-8
-    bytes raise :class:`~pykv.InvalidKeyError` before any I/O; its message cuts long keys.
+    ``..`` segments, unprintable characters and keys over 1024 UTF-8 bytes raise
+    :class:`~pykv.InvalidKeyError` before any I/O; its message cuts long keys. A key is
+    printable text (``str.isprintable``): no Unicode "Other" character (controls C0, DEL and
+    C1, format characters such as the bidi controls U+202A-U+202E and U+2066-U+2069 and
+    zero-width joiners, surrogates, private use, unassigned) and no "Separator" (U+2028,
+    U+2029, no-break and other wide spaces) but the ASCII space: such keys display as other
+    keys, and Consul's HTTP API cannot read them.
     Directories are implicit: only leaf keys exist, and a key may have both a value and
     children. Keys live at their natural path below the store's prefix and hold the raw value,
     so the backend's own tools read and write the same data; lock bookkeeping and pykv metadata
