@@ -15,7 +15,9 @@ See :class:`pykv.Store` for the contract every backend follows.
 from ._defaults import default_store_url
 from ._errors import (
     ConfigurationError,
+    InvalidArgumentError,
     InvalidKeyError,
+    InvalidTypeError,
     InvalidURLError,
     KeyExistsError,
     KeyModifiedError,
@@ -29,6 +31,7 @@ from ._errors import (
     UnavailableError,
     UnknownBackendError,
     WatchClosedError,
+    WatchTimeoutError,
 )
 from ._options import StoreOptions, TLSOptions
 from ._registry import available_backends, load_backend, open_store
@@ -40,7 +43,9 @@ __all__ = [
     "Capability",
     "ConfigurationError",
     "Host",
+    "InvalidArgumentError",
     "InvalidKeyError",
+    "InvalidTypeError",
     "InvalidURLError",
     "KVPair",
     "KeyExistsError",
@@ -61,6 +66,7 @@ __all__ = [
     "UnknownBackendError",
     "Watch",
     "WatchClosedError",
+    "WatchTimeoutError",
     "__version__",
     "available_backends",
     "default_store_url",

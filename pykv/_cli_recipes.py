@@ -117,7 +117,7 @@ def _print_members(members: dict[str, bytes], as_json: bool) -> None:
 
 def cmd_members(store: Store, args: argparse.Namespace) -> int:
     group = Group(store, args.name)
-    as_json = bool(getattr(args, "json", False) or args.members_json)
+    as_json = bool(getattr(args, "json", False) or args.json)
     if not args.watch:
         _print_members(group.members(), as_json)
         return 0
@@ -136,11 +136,12 @@ def cmd_members(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
-def add_recipe_commands(subparsers: Any) -> None:
-    """Add ``elect`` and ``members`` to the ``pykv`` command's subparsers."""
+def add_recipe_commands(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """Add ``elect`` and ``members`` to the ``pykv`` command's subparsers; ``parents`` carry
+    the common options (``--store``, ``--json``, ...), accepted after the command too."""
     p: argparse.ArgumentParser = subparsers.add_parser(
         "elect",
-        parents=[_elect_options()],
+        parents=[*parents, _elect_options()],
         help="run a command while leader of an election",
         description="Campaign in election NAME, run COMMAND once leader with PYKV_LEADER_TOKEN "
         "set to the fencing token, resign when it exits. If leadership is lost, the command "
@@ -152,11 +153,11 @@ def add_recipe_commands(subparsers: Any) -> None:
 
     p = subparsers.add_parser(
         "members",
+        parents=parents,
         help="list (or watch) the live members of a group",
         description="The members of group NAME, one per line with its metadata; with --watch, "
         "the list again on each change until interrupted.",
     )
     p.add_argument("name", metavar="NAME")
     p.add_argument("--watch", action="store_true", help="print the list again on each change")
-    p.add_argument("--json", dest="members_json", action="store_true", help="JSON output")
     p.set_defaults(func=cmd_members)

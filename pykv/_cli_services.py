@@ -10,6 +10,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from ._errors import WatchTimeoutError
 from ._store import Store
 from .discovery import DEFAULT_PREFIX, Endpoint, Registry
 
@@ -18,18 +19,23 @@ __all__ = ["add_services_command", "format_table", "run_services"]
 _COLUMNS = ("SERVICE", "ID", "ADDRESS", "PORT", "PROTO", "NODE", "TAGS")
 
 
-def add_services_command(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``services`` to the ``pykv`` command's subparsers."""
+def add_services_command(
+    subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ()
+) -> argparse.ArgumentParser:
+    """Add ``services`` to the ``pykv`` command's subparsers (``parents``: the options every
+    command takes, ``--json`` among them)."""
     p: argparse.ArgumentParser = subparsers.add_parser(
         "services",
+        parents=list(parents),
         help="list (or watch) the endpoints of services",
         description="Without NAME: every endpoint of every service. With --watch: the full "
         "list again on every change, until interrupted.",
     )
     p.add_argument("name", nargs="?", default=None, metavar="NAME", help="one service")
     p.add_argument("--watch", action="store_true", help="print the list again on each change")
-    # Own dest: a subparser default must not clobber the global --json.
-    p.add_argument("--json", dest="services_json", action="store_true", help="JSON output")
+    if not parents:  # alone (not under pykv's common options): its own --json
+        # Own dest: a subparser default must not clobber the global --json.
+        p.add_argument("--json", dest="services_json", action="store_true", help="JSON output")
     p.add_argument(
         "--prefix", default=DEFAULT_PREFIX, help=f"registry prefix (default {DEFAULT_PREFIX})"
     )

@@ -8,13 +8,18 @@ specific class below and keeps the original as ``__cause__``::
     ├── ConfigurationError          bad URL, option or environment; raised before any I/O
     │   ├── InvalidURLError         the URL cannot be parsed
     │   └── UnknownBackendError     no installed backend serves the URL's scheme
-    ├── InvalidKeyError             the key breaks the key rules; raised before any I/O
+    ├── InvalidArgumentError        a bad argument (also a ValueError): a TTL or timeout that
+    │   │                           is not a finite positive number within bounds, bad text
+    │   ├── InvalidKeyError         the key breaks the key rules; raised before any I/O
+    │   └── InvalidTypeError        an argument of the wrong type (also a TypeError)
     ├── KeyNotFoundError            get/list/atomic_* on a key that does not exist
     ├── KeyExistsError              atomic_put(previous=None) on a key that exists
     ├── KeyModifiedError            atomic_* whose previous revision is stale
     ├── NotSupportedError           the backend cannot do this (see its capabilities)
     ├── UnavailableError            the backend cannot be reached or refused the call
     │   └── OperationTimeoutError   the call did not finish within the store's timeout
+    ├── WatchTimeoutError           ``Watch.get(timeout=)``: no event yet (also a TimeoutError);
+    │                               never raised for a watch that failed
     ├── PermissionDeniedError       wrong or missing credentials, or access denied
     ├── LockError                   misuse of a lock (release when not held, double acquire)
     │   └── LockLostError           the lock was lost while it was believed held
@@ -25,7 +30,9 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigurationError",
+    "InvalidArgumentError",
     "InvalidKeyError",
+    "InvalidTypeError",
     "InvalidURLError",
     "KeyExistsError",
     "KeyModifiedError",
@@ -39,6 +46,7 @@ __all__ = [
     "UnavailableError",
     "UnknownBackendError",
     "WatchClosedError",
+    "WatchTimeoutError",
 ]
 
 
@@ -58,8 +66,18 @@ class UnknownBackendError(ConfigurationError):
     """No installed backend serves a URL scheme."""
 
 
-class InvalidKeyError(PyKVError, ValueError):
+class InvalidArgumentError(PyKVError, ValueError):
+    """An argument has a bad value: a TTL or timeout that is not a finite positive number within
+    bounds, text that cannot be encoded as UTF-8. Also a :class:`ValueError`."""
+
+
+class InvalidKeyError(InvalidArgumentError):
     """A key breaks the key rules (empty, ``..`` segment, control character, too long)."""
+
+
+class InvalidTypeError(InvalidArgumentError, TypeError):
+    """An argument has the wrong type (a value that is not bytes or str, a ``previous`` that is
+    not a KVPair). Also a :class:`TypeError`."""
 
 
 class KeyNotFoundError(PyKVError, KeyError):
@@ -103,3 +121,12 @@ class LockLostError(LockError):
 
 class WatchClosedError(PyKVError):
     """The watch was closed; no more events will come."""
+
+
+class WatchTimeoutError(PyKVError, TimeoutError):
+    """``Watch.get(timeout=...)`` saw no event within the timeout; the watch goes on.
+
+    A watch that *failed* never raises this (nor any other :class:`TimeoutError`): a failure
+    that was a timeout is raised as :class:`UnavailableError` with the timeout as its cause, so
+    a loop that retries on :class:`TimeoutError` ends with the error instead of spinning.
+    """

@@ -23,6 +23,7 @@ from ._url import SECRET_OPTIONS
 __all__ = [
     "CREDENTIAL_OPTIONS",
     "DEFAULT_TIMEOUT",
+    "MAX_TIMEOUT",
     "StoreOptions",
     "TLSOptions",
     "build_options",
@@ -30,6 +31,9 @@ __all__ = [
 ]
 
 DEFAULT_TIMEOUT = 10.0
+#: The largest ``timeout`` option: a day. A call that may take longer is a hang; larger values
+#: overflow the timers of SQLite, threads and client libraries.
+MAX_TIMEOUT = 86400.0
 
 OptionsT = TypeVar("OptionsT", bound="StoreOptions")
 
@@ -51,13 +55,27 @@ class StoreOptions:
     timeout: float = DEFAULT_TIMEOUT
     prefix: str = ""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # The @dataclass decorator, applied after this runs, keeps a __repr__ already in the
+        # class's own namespace: so every backend's options show their secrets masked.
+        cls.__repr__ = StoreOptions.__repr__  # type: ignore[method-assign]
+
     def __post_init__(self) -> None:
-        if not (isinstance(self.timeout, int | float) and math.isfinite(self.timeout)) or (
-            self.timeout <= 0
+        if not (
+            isinstance(self.timeout, int | float)
+            and not isinstance(self.timeout, bool)
+            and math.isfinite(self.timeout)
+            and 0 < self.timeout <= MAX_TIMEOUT
         ):
             raise ConfigurationError(
-                f"option 'timeout' must be a positive number of seconds, not {self.timeout!r}"
+                f"option 'timeout' must be a number of seconds > 0 and <= {MAX_TIMEOUT:g}, "
+                f"not {self.timeout!r}"
             )
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.masked().items())
+        return f"{type(self).__qualname__}({fields})"
 
     def masked(self) -> dict[str, object]:
         """The options as a dict, secrets masked, for logs and ``repr``."""

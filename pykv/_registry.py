@@ -122,7 +122,15 @@ def open_store(
     """
     parsed = url if isinstance(url, StoreURL) else StoreURL.parse(url)
     cls = load_backend(parsed.scheme)
-    wanted = {Capability(c) for c in require}
+    wanted = set()
+    for c in [require] if isinstance(require, str) else require:
+        try:
+            wanted.add(Capability(c))
+        except ValueError:
+            raise ConfigurationError(
+                f"require= names the unknown capability {c!r}; capabilities are "
+                f"{', '.join(str(k) for k in Capability)}"
+            ) from None
     missing = wanted - cls.capabilities
     if missing:
         raise NotSupportedError(

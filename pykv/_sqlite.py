@@ -5,6 +5,12 @@ URL form
     them). ``sqlite://`` alone is the default file under the user's data directory
     (see :func:`pykv.default_store_url`).
 
+Permissions
+    The default file is private: its directory is created 0700 and the file 0600 (SQLite gives
+    its -wal and -shm files the file's mode). An explicit path follows the umask, like any file
+    the process creates; missing directories are created too. A file or directory pykv may not
+    use raises :class:`~pykv.PermissionDeniedError`.
+
 Options
     ``timeout`` (seconds, default 10): how long a call waits for the database lock;
     ``prefix``: a key prefix; ``synchronous`` (``normal`` default, or ``full``/``off``):
@@ -16,7 +22,9 @@ Capabilities
     Everything: kv, atomic, ttl, watch, watch_tree, lock, shared (between processes on one
     host), persistent. TTL slack: a TTL key of a killed process disappears within its TTL plus
     0.5 s (the sweep interval). Several processes may use one file at once; it is stored in WAL
-    mode, so readers never block writers.
+    mode, so readers never block writers. One keepalive thread per store refreshes its TTL
+    keys and locks; if it fails it logs, sets ``lost`` on every lock it keeps, records the
+    error in :attr:`~pykv.Store.background_error` and starts over on a new connection.
 
 Layout (schema 2)
     Table ``pykv_kv(path, value, revision, owner, ttl, expires)`` holds keys at their full path,
@@ -55,6 +63,7 @@ from ._errors import (
     KeyModifiedError,
     KeyNotFoundError,
     OperationTimeoutError,
+    PermissionDeniedError,
     PyKVError,
     UnavailableError,
 )
@@ -185,10 +194,14 @@ class SQLiteStore(Store):
                 f"{url}: an sqlite URL has no host; write sqlite:///relative.db or "
                 "sqlite:////absolute/path.db"
             )
-        if url.path.endswith("/") or os.path.isdir(url.path or "."):
+        if "\x00" in url.path:
+            raise ConfigurationError(f"{url}: the sqlite path holds a NUL character")
+        if url.path and (url.path.endswith("/") or os.path.isdir(url.path)):
             raise UnavailableError(
                 f"{url}: the sqlite path {url.path!r} is a directory; name a database file"
             )
+        #: The default file is private (0700 directory, 0600 file); explicit ones follow umask.
+        self._private = not url.path
         if url.path:
             self.path = url.path
         else:
@@ -229,11 +242,16 @@ class SQLiteStore(Store):
 
     def _connect(self, *, create: bool = False) -> sqlite3.Connection:
         directory = os.path.dirname(os.path.abspath(self.path))
-        if create and not os.path.isdir(directory):
+        if create:
             try:
-                os.makedirs(directory, exist_ok=True)
+                if not os.path.isdir(directory):
+                    os.makedirs(directory, mode=0o700 if self._private else 0o777, exist_ok=True)
+                if self._private:  # create it 0600 before SQLite creates it with the umask
+                    os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            except PermissionError as exc:
+                raise PermissionDeniedError(f"cannot create {self._where()}: {exc}") from exc
             except OSError as exc:
-                raise UnavailableError(f"cannot create the directory {directory!r}: {exc}") from exc
+                raise UnavailableError(f"cannot create {self._where()}: {exc}") from exc
         with self._errors("open"):
             conn = sqlite3.connect(
                 self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
@@ -602,9 +620,11 @@ class SQLiteStore(Store):
             except PyKVError as exc:
                 log.warning("watching %s: %s (retrying)", self, exc)
                 time.sleep(min(1.0, self.timeout))
-            except Exception as exc:  # an unknown failure ends the watches with the error
-                log.exception("watch dispatcher of %s failed", self)
-                self._hub.fail_all(UnavailableError(f"watching {self} failed: {exc}"))
+            except Exception as exc:  # noqa: BLE001  (logged by _background_failed; ends the watches)
+                self._background_failed("the watch dispatcher", exc)
+                with self._dispatch_lock:
+                    self._hub.fail_all(UnavailableError(f"watching {self} failed: {exc}"))
+                    self._dispatcher = None  # the next watch starts a new dispatcher
                 return
 
     def _resync(self, conn: sqlite3.Connection) -> None:
@@ -669,21 +689,45 @@ class SQLiteStore(Store):
         return max(0.05, min(ttls) / 3) if ttls else 1.0
 
     def _keepalive_loop(self) -> None:
-        conn = self._connect()
+        conn: sqlite3.Connection | None = None
+        failures = 0
+        refreshed = time.monotonic()
         try:
             while not self._stop.is_set():
-                self._keepalive_wake.wait(self._keepalive_interval())
-                self._keepalive_wake.clear()
-                if self._stop.is_set():
-                    break
                 try:
-                    self._refresh(conn)
-                except PyKVError as exc:
-                    log.warning("keeping TTL keys of %s alive failed: %s", self, exc)
-                for lock in list(self._locks):
-                    lock._renew(conn)
+                    if conn is None:
+                        conn = self._connect()
+                    self._keepalive_wake.wait(self._keepalive_interval())
+                    self._keepalive_wake.clear()
+                    if self._stop.is_set():
+                        break
+                    try:
+                        self._refresh(conn)
+                        refreshed = time.monotonic()
+                    except PyKVError as exc:
+                        log.warning("keeping TTL keys of %s alive failed: %s", self, exc)
+                        if self._ttls and time.monotonic() - refreshed > min(self._ttls):
+                            self._background_failed("keeping TTL keys alive (they may expire)", exc)
+                    for lock in list(self._locks):
+                        lock._renew(conn)
+                    failures = 0
+                except Exception as exc:  # noqa: BLE001  (logged by _keeper_failed)
+                    # The keys and locks it keeps may now expire unseen: say so everywhere (every
+                    # lock is lost), then start over on a new connection, backing off.
+                    self._keeper_failed(exc)
+                    if conn is not None:
+                        conn.close()
+                        conn = None
+                    failures += 1
+                    self._stop.wait(min(5.0, 0.05 * 2**failures))
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
+
+    def _keeper_failed(self, exc: Exception) -> None:
+        self._background_failed("the keepalive of TTL keys and locks", exc)
+        for lock in list(self._locks):
+            lock._mark_lost(f"the keepalive failed: {exc!r}")
 
     def _refresh(self, conn: sqlite3.Connection) -> None:
         if not self._ttls:
@@ -753,11 +797,36 @@ def raise_mapped(store: SQLiteStore, exc: sqlite3.Error, what: str, key: str | N
                 f"than the timeout ({store.timeout} s)"
             ) from exc
         if "unable to open" in text or "readonly" in text or "disk I/O" in text:
+            if _denied(store.path):
+                raise PermissionDeniedError(
+                    f"{what}: this process may not use {where}: {text}"
+                ) from exc
             raise UnavailableError(f"{what}: cannot use {where}: {text}") from exc
         raise UnavailableError(f"{what} failed on {where}: {text}") from exc
     if isinstance(exc, sqlite3.DatabaseError):
         raise UnavailableError(f"{what}: {where} is not a usable SQLite database ({exc})") from exc
     raise UnavailableError(f"{what} failed on {where}: {text}") from exc
+
+
+def _denied(path: str) -> bool:
+    """Whether file permissions keep this process from reading and writing ``path`` (or
+    from creating it in its directory)."""
+    try:
+        os.close(os.open(path, os.O_RDWR))  # the real check: ACLs, immutable files, root
+    except PermissionError:
+        return True
+    except FileNotFoundError:
+        directory = os.path.dirname(os.path.abspath(path))
+        try:
+            os.stat(directory)
+        except PermissionError:  # a parent directory may not be searched
+            return True
+        except OSError:
+            return False
+        return not os.access(directory, os.W_OK | os.X_OK)
+    except OSError:
+        return False
+    return False
 
 
 class _SQLiteLock(Lock):

@@ -6,14 +6,29 @@ contract and the shared conformance suite (:mod:`pykv.testing`) checks them on e
 Keys
     A key is a ``/``-separated path of one or more segments. Leading and trailing ``/`` are
     ignored, so ``a/b``, ``/a/b`` and ``a/b/`` are one key. Empty segments (``a//b``), ``.`` and
-    ``..`` segments, control characters and keys over 1024 UTF-8 bytes raise
-    :class:`~pykv.InvalidKeyError` before any I/O. Directories are implicit: only leaf keys
-    exist, and a key may have both a value and children. Keys live at their natural path below
-    the store's prefix and hold the raw value, so the backend's own tools read and write the
-    same data; lock bookkeeping and pykv metadata live elsewhere.
+    ``..`` segments, unprintable characters and keys over 1024 UTF-8 bytes raise
+    :class:`~pykv.InvalidKeyError` before any I/O; its message cuts long keys. A key is
+    printable text (``str.isprintable``): no Unicode "Other" character (controls C0, DEL and
+    C1, format characters such as the bidi controls U+202A-U+202E and U+2066-U+2069 and
+    zero-width joiners, surrogates, private use, unassigned) and no "Separator" (U+2028,
+    U+2029, no-break and other wide spaces) but the ASCII space: such keys display as other
+    keys, and Consul's HTTP API cannot read them.
+    Directories are implicit: only leaf keys exist, and a key may have both a value and
+    children. Keys live at their natural path below the store's prefix and hold the raw value,
+    so the backend's own tools read and write the same data; lock bookkeeping and pykv metadata
+    live elsewhere.
 
 Values
     Values are ``bytes``; a ``str`` is stored as its UTF-8 encoding. Empty values are allowed.
+    Another type raises :class:`~pykv.InvalidTypeError` (a TypeError), a ``str`` that is not
+    valid Unicode (a lone surrogate) :class:`~pykv.InvalidArgumentError` (a ValueError).
+
+TTLs and timeouts
+    A ``ttl`` is a finite number of seconds, > 0 and at most :data:`MAX_TTL` (one day: a TTL
+    key lives as long as its store anyway; the TTL only bounds how long it outlives a dead
+    owner). A wait's ``timeout`` (``Watch.get``, ``Lock.acquire``) is None (forever) or a
+    number >= 0. Anything else raises :class:`~pykv.InvalidArgumentError` (a ValueError), or
+    :class:`~pykv.InvalidTypeError` (a TypeError) for a non-number, before any I/O.
 
 Revisions
     Every :class:`KVPair` carries a ``revision``: an int that changes on every write of the key
@@ -40,7 +55,17 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
-from ._errors import KeyNotFoundError, LockError, LockLostError, PyKVError, WatchClosedError
+from ._errors import (
+    InvalidArgumentError,
+    InvalidTypeError,
+    KeyNotFoundError,
+    LockError,
+    LockLostError,
+    PyKVError,
+    UnavailableError,
+    WatchClosedError,
+    WatchTimeoutError,
+)
 from ._keys import join, normalize_key, normalize_prefix, to_bytes
 from ._options import StoreOptions
 from ._url import StoreURL
@@ -48,12 +73,17 @@ from ._url import StoreURL
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["Capability", "KVPair", "Lock", "Store", "Value", "Watch"]
+__all__ = ["MAX_TTL", "Capability", "KVPair", "Lock", "Store", "Value", "Watch"]
 
 log = logging.getLogger("pykv")
 
 Value = bytes | bytearray | memoryview | str
 T = TypeVar("T")
+
+#: The largest TTL (seconds) a key or lock may have: one day. Every backend keeps a TTL key
+#: alive while its store is open, so a TTL only bounds how long the key outlives a dead owner;
+#: longer ones overflow timers (sqlite, threading) and exceed Consul's session limit.
+MAX_TTL = 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +170,9 @@ class Watch(Closing, Generic[T]):
     changes may be coalesced, but the last state is always delivered, and a deletion always
     produces ``None`` (or a snapshot without the key). Every ``watch_tree`` event is a full
     snapshot, never a delta. A watch survives reconnects of the backend. When it cannot go on,
-    iteration raises the error; it never stops silently. :meth:`close` ends the iteration.
+    iteration raises the error; it never stops silently, and the error is never a
+    :class:`TimeoutError` (which :meth:`get` raises only for "no event yet"), so a loop that
+    retries on timeouts ends. :attr:`error` holds it. :meth:`close` ends the iteration.
 
     Drivers feed a watch with :meth:`_emit` and :meth:`_fail` from their own threads.
     """
@@ -161,10 +193,16 @@ class Watch(Closing, Generic[T]):
     # -- consumer side -------------------------------------------------------------------
 
     def get(self, timeout: float | None = None) -> T:
-        """The next event. Raises :class:`TimeoutError` when none comes within ``timeout``
-        seconds, the watch's error when it failed, and :class:`~pykv.WatchClosedError` once
-        closed."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        """The next event.
+
+        Raises :class:`~pykv.WatchTimeoutError` (a :class:`TimeoutError`) when none comes
+        within ``timeout`` seconds (None: wait forever) and the watch goes on; the watch's
+        error when it failed, never a :class:`TimeoutError` (a timeout that ended the watch is
+        raised as :class:`~pykv.UnavailableError` caused by it), so ``except TimeoutError:
+        continue`` loops end; and :class:`~pykv.WatchClosedError` once closed.
+        """
+        limit = check_wait(timeout)
+        deadline = None if limit is None else time.monotonic() + limit
         with self._cond:
             while not self._events:
                 if self._closed:
@@ -173,9 +211,14 @@ class Watch(Closing, Generic[T]):
                     raise self._error
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    raise TimeoutError(f"no event on {self.description} within {timeout} s")
+                    raise WatchTimeoutError(f"no event on {self.description} within {timeout} s")
                 self._cond.wait(remaining)
             return self._events.popleft()
+
+    @property
+    def error(self) -> BaseException | None:
+        """The error that ended this watch, or None while it goes on (or was closed)."""
+        return self._error
 
     def __iter__(self) -> Iterator[T]:
         return self
@@ -231,7 +274,16 @@ class Watch(Closing, Generic[T]):
         self._notify()
 
     def _fail(self, error: BaseException) -> None:
-        """End the stream with ``error``: events already queued are delivered first."""
+        """End the stream with ``error``: events already queued are delivered first.
+
+        A :class:`TimeoutError` (such as :class:`~pykv.OperationTimeoutError`) is wrapped in
+        :class:`~pykv.UnavailableError`: to a consumer, a TimeoutError from :meth:`get` means
+        "no event yet, the watch goes on".
+        """
+        if isinstance(error, TimeoutError):
+            wrapped = UnavailableError(f"{self.description} failed: {error}")
+            wrapped.__cause__ = error
+            error = wrapped
         with self._cond:
             if self._closed or self._error is not None:
                 return
@@ -287,8 +339,7 @@ class Lock(abc.ABC):
 
     def acquire(self, timeout: float | None = None) -> bool:
         """Wait up to ``timeout`` seconds (forever when None) for the lock. True if acquired."""
-        if timeout is not None and timeout < 0:
-            raise ValueError("timeout must be >= 0")
+        timeout = check_wait(timeout)
         with self._mutex:
             if self._held and not self.lost.is_set():
                 raise LockError(f"lock {self.key!r} is already held by this Lock object")
@@ -365,8 +416,10 @@ class Store(Closing, abc.ABC):
     """A key-value store: the one interface of every pykv backend.
 
     Open one with :func:`pykv.open_store`; it is a context manager, and :meth:`close` releases
-    its locks and ephemeral keys. Methods are thread-safe. ``str(store)`` shows its URL with
-    secrets masked.
+    its locks and ephemeral keys. Methods are thread-safe. ``str(store)`` and
+    ``repr(store.options)`` show secrets masked. A background task that fails (keeping TTL keys
+    and locks alive, feeding watches) logs, sets ``lost`` on the locks it may cost, and is
+    reported by :attr:`background_error`; none dies silently.
 
     Drivers implement the underscored methods; they receive keys already validated and
     normalised (relative to the prefix), values as bytes, and map their client library's errors
@@ -393,6 +446,7 @@ class Store(Closing, abc.ABC):
         self.timeout = options.timeout
         self._closed = False
         self._close_lock = threading.Lock()
+        self._background_error: BaseException | None = None
 
     def __str__(self) -> str:
         return str(self.url)
@@ -403,6 +457,20 @@ class Store(Closing, abc.ABC):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def background_error(self) -> BaseException | None:
+        """The last failure of a background task of this store (keeping TTL keys and locks
+        alive, feeding watches), or None if none failed. Such a failure was logged, the locks
+        it may have cost have their ``lost`` set and the watches it ended raise it; the task
+        goes on where it can. Health checks read this."""
+        return self._background_error
+
+    def _background_failed(self, what: str, error: BaseException) -> None:
+        """Drivers call this when a background task fails: logged and kept for
+        :attr:`background_error` (no background thread dies silently)."""
+        log.error("%s of %s failed: %s", what, self, error, exc_info=error)
+        self._background_error = error
 
     def _check_open(self) -> None:
         if self._closed:
@@ -480,7 +548,9 @@ class Store(Closing, abc.ABC):
         self._check_open()
         k, v = normalize_key(key), to_bytes(value)
         if previous is not None and not isinstance(previous, KVPair):
-            raise TypeError("previous must be a KVPair or None")
+            raise InvalidTypeError(
+                f"previous must be a KVPair or None, not {type(previous).__name__}"
+            )
         return self._atomic_put(k, v, previous, _check_ttl(ttl))
 
     def atomic_delete(self, key: str, previous: KVPair) -> None:
@@ -491,7 +561,7 @@ class Store(Closing, abc.ABC):
         """
         self._check_open()
         if not isinstance(previous, KVPair):
-            raise TypeError("previous must be a KVPair")
+            raise InvalidTypeError(f"previous must be a KVPair, not {type(previous).__name__}")
         self._atomic_delete(normalize_key(key), previous)
 
     def watch(self, key: str) -> Watch[KVPair | None]:
@@ -569,9 +639,28 @@ class Store(Closing, abc.ABC):
 
 
 def _check_ttl(ttl: float | None) -> float | None:
+    """``ttl`` as a float: None, or finite, > 0 and at most :data:`MAX_TTL` seconds."""
     if ttl is None:
         return None
     checked: object = ttl
-    if isinstance(checked, bool) or not isinstance(checked, int | float) or not checked > 0:
-        raise ValueError(f"ttl must be a positive number of seconds, not {ttl!r}")
+    if isinstance(checked, bool) or not isinstance(checked, int | float):
+        raise InvalidTypeError(f"ttl must be a number of seconds, not {type(ttl).__name__}")
+    if not 0 < checked <= MAX_TTL:  # also refuses NaN
+        raise InvalidArgumentError(
+            f"ttl must be a number of seconds > 0 and <= {MAX_TTL:g} (a day), not {ttl!r}"
+        )
     return float(checked)
+
+
+def check_wait(timeout: float | None) -> float | None:
+    """A wait's ``timeout``: None (or inf, or beyond what threads can wait) means forever;
+    otherwise a number >= 0. Raises :class:`~pykv.InvalidArgumentError` for NaN or < 0."""
+    if timeout is None:
+        return None
+    checked: object = timeout
+    if isinstance(checked, bool) or not isinstance(checked, int | float):
+        raise InvalidTypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+    if not checked >= 0:  # also refuses NaN
+        raise InvalidArgumentError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
+    # Longer waits overflow the thread primitives; a wait of centuries is a wait forever.
+    return None if checked >= threading.TIMEOUT_MAX else float(checked)

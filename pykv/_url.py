@@ -77,7 +77,14 @@ class StoreURL:
             user, colon, pw = userinfo.partition(":")
             username = unquote(user) or None
             password = unquote(pw) if colon else None
-        hosts = tuple(_parse_host(h, shown) for h in hostlist.split(",")) if hostlist else ()
+        # A password with an unencoded '/' or '@' splits the URL in odd places: then no part of
+        # it may be echoed in an error, not even as a "port".
+        secret_risk = "@" in url
+        hosts = (
+            tuple(_parse_host(h, shown, secret_risk) for h in hostlist.split(","))
+            if hostlist
+            else ()
+        )
         query: dict[str, str] = {}
         try:
             pairs = parse_qsl(raw_query, keep_blank_values=True, strict_parsing=bool(raw_query))
@@ -136,33 +143,46 @@ class StoreURL:
         return f"StoreURL({str(self)!r})"
 
 
-def _parse_host(text: str, shown: str) -> Host:
+def _parse_host(text: str, shown: str, secret_risk: bool = False) -> Host:
+    """One ``host[:port]``. With ``secret_risk`` (the URL has credentials) errors name no part
+    of ``text``: a password with an unencoded '/' or '@' may have landed in it."""
+    hint = " (percent-encode '/', '@' and ':' in credentials)" if secret_risk else ""
+
+    def say(part: str) -> str:
+        return "" if secret_risk else f" {part!r}"
+
     if not text:
         raise InvalidURLError(f"{shown!r} has an empty host in its host list")
     if text.startswith("["):
         end = text.find("]")
         if end < 0:
-            raise InvalidURLError(f"{shown!r}: unclosed '[' in host {text!r}")
+            raise InvalidURLError(f"{shown!r}: unclosed '[' in host{say(text)}{hint}")
         host, tail = text[1:end], text[end + 1 :]
         if tail and not tail.startswith(":"):
-            raise InvalidURLError(f"{shown!r}: unexpected {tail!r} after host {text!r}")
+            raise InvalidURLError(f"{shown!r}: unexpected{say(tail)} after host{say(text)}{hint}")
         port_text = tail[1:] if tail else None
     else:
         host, colon, port_text_raw = text.partition(":")
         port_text = port_text_raw if colon else None
         if ":" in port_text_raw:
-            raise InvalidURLError(f"{shown!r}: IPv6 host {text!r} must be written in [brackets]")
+            raise InvalidURLError(
+                f"{shown!r}: IPv6 host{say(text)} must be written in [brackets]{hint}"
+            )
     if not host:
-        raise InvalidURLError(f"{shown!r} has an empty host name in {text!r}")
+        raise InvalidURLError(f"{shown!r} has an empty host name in{say(text) or ' a host'}{hint}")
     port: int | None = None
     if port_text is not None:
         if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise InvalidURLError(f"{shown!r} has an invalid port {port_text!r} for host {host!r}")
+            raise InvalidURLError(
+                f"{shown!r} has an invalid port{say(port_text)} for host{say(host)}{hint}"
+            )
         port = int(port_text)
     return Host(host, port)
 
 
-_USERINFO_PW_RE = re.compile(r"(://[^/@:]*:)[^/@]*@")
+# user:password@ up to the last '@' before any query: a password may hold '/', '@' or '#'
+# unencoded (over-masking a path with an '@' is the safe side of the trade).
+_USERINFO_PW_RE = re.compile(r"(://[^/@:?#]*:)[^?]*@")
 _QUERY_SECRET_RE = re.compile(r"([?&](?:" + "|".join(sorted(SECRET_OPTIONS)) + r")=)[^&#]*")
 
 

@@ -18,7 +18,12 @@ declare is skipped with that reason, while a declared capability that fails is a
 
 Class attributes tune the suite for a backend: ``ttl`` (seconds used for TTL keys and locks)
 and ``extra_slack`` (seconds added to the backend's declared ``ttl_slack`` in waits).
+
+:class:`FuzzTests` fuzzes keys, prefixes and values with hypothesis (which it needs; imported
+only when it is used); subclass it the same way and set ``fuzz_examples`` to taste.
 """
+
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -41,12 +46,16 @@ from ._suite import (  # noqa: E402
 )
 from ._support import ChildProcess, drain_until, wait_until  # noqa: E402
 
+if TYPE_CHECKING:
+    from ._fuzz import FuzzTests
+
 __all__ = [
     "AsyncTests",
     "AtomicTests",
     "BaseStoreTests",
     "ChildProcess",
     "ConformanceTests",
+    "FuzzTests",
     "KeyValueTests",
     "ListTests",
     "LockTests",
@@ -58,3 +67,12 @@ __all__ = [
     "drain_until",
     "wait_until",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # FuzzTests needs hypothesis: import it only for those who use it.
+    if name == "FuzzTests":
+        from ._fuzz import FuzzTests
+
+        return FuzzTests
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pykv.testing import AsyncTests, ConformanceTests, RecipeTests
+from pykv.testing import AsyncTests, ConformanceTests, FuzzTests, RecipeTests
 
 pytestmark = [pytest.mark.integration, pytest.mark.consul]
 
@@ -17,3 +17,8 @@ class TestConsulRecipesAndAsync(RecipeTests, AsyncTests):
     @pytest.fixture
     def store_url(self, consul_url: str) -> str:
         return consul_url
+
+
+class TestConsulFuzz(FuzzTests):  # the fuzz suite, with fewer examples over the network
+    fuzz_examples = 25
+    store_url = TestConsulStore.store_url

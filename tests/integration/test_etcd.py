@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pykv.testing import AsyncTests, ConformanceTests, RecipeTests
+from pykv.testing import AsyncTests, ConformanceTests, FuzzTests, RecipeTests
 
 pytestmark = [pytest.mark.integration, pytest.mark.etcd]
 
@@ -19,3 +19,8 @@ class TestEtcdRecipesAndAsync(RecipeTests, AsyncTests):
     @pytest.fixture
     def store_url(self, etcd_url: str) -> str:
         return etcd_url
+
+
+class TestEtcdFuzz(FuzzTests):  # the fuzz suite, with fewer examples over the network
+    fuzz_examples = 25
+    store_url = TestEtcd.store_url

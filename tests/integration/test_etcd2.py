@@ -20,7 +20,7 @@ from _tls import stop
 
 import pykv
 from pykv import KVPair, Store
-from pykv.testing import AsyncTests, ConformanceTests, RecipeTests, drain_until
+from pykv.testing import AsyncTests, ConformanceTests, FuzzTests, RecipeTests, drain_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.etcd]
 
@@ -35,6 +35,11 @@ class TestEtcd2RecipesAndAsync(RecipeTests, AsyncTests):
     @pytest.fixture
     def store_url(self, etcd2_url: str) -> str:
         return etcd2_url
+
+
+class TestEtcd2Fuzz(FuzzTests):  # the fuzz suite, with fewer examples over the network
+    fuzz_examples = 25
+    store_url = TestEtcd2Conformance.store_url
 
 
 def http_base(url: str) -> str:

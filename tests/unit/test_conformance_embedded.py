@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pykv.testing import ConformanceTests
+from pykv.testing import ConformanceTests, FuzzTests
 
 
 class TestMemoryStore(ConformanceTests):
@@ -20,3 +20,17 @@ class TestSQLiteStore(ConformanceTests):
     @pytest.fixture
     def store_url(self, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path}/conformance.db"
+
+
+class TestMemoryFuzz(FuzzTests):
+    @pytest.fixture
+    def store_url(self) -> str:
+        return f"memory://fuzz-{uuid.uuid4().hex}"
+
+
+class TestSQLiteFuzz(FuzzTests):
+    fuzz_examples = 100  # each example commits to disk
+
+    @pytest.fixture
+    def store_url(self, tmp_path: Path) -> str:
+        return f"sqlite:///{tmp_path}/fuzz.db"
