@@ -10,7 +10,6 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from ._errors import WatchTimeoutError
 from ._store import Store
 from .discovery import DEFAULT_PREFIX, Endpoint, Registry
 

@@ -50,7 +50,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from ._errors import InvalidKeyError, KeyNotFoundError, PyKVError, WatchClosedError
+from ._errors import (
+    InvalidKeyError,
+    KeyNotFoundError,
+    WatchClosedError,
+    WatchTimeoutError,
+)
 from ._store import Closing, KVPair, Store, Watch
 
 __all__ = [
@@ -294,13 +299,13 @@ class EndpointWatch(Closing):
         return endpoints
 
     def get(self, timeout: float | None = None) -> list[Endpoint]:
-        """The next changed list; :class:`TimeoutError` when none comes within ``timeout``.
+        """The next changed list; :class:`~pykv.WatchTimeoutError` (a :class:`TimeoutError`)
+        when none comes within ``timeout``.
 
-        A watch that failed raises its error, a :class:`~pykv.PyKVError`, on this and every
-        later call; that error may itself be a TimeoutError
-        (:class:`~pykv.OperationTimeoutError`), so a loop polling with a timeout must treat
-        ``PyKVError`` as the end before it treats ``TimeoutError`` as "nothing yet", as
-        :meth:`follow` does.
+        A watch that failed raises its error on this and every later call, never a
+        :class:`TimeoutError` (a time-out that ended the watch is raised as
+        :class:`~pykv.UnavailableError` caused by it), so a polling loop can take
+        ``WatchTimeoutError`` as "nothing yet" and end on anything else, as :meth:`follow` does.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -318,9 +323,7 @@ class EndpointWatch(Closing):
                 yield self.get(timeout=poll)
             except WatchClosedError:
                 return
-            except PyKVError:
-                raise  # the watch failed: OperationTimeoutError is a TimeoutError too
-            except TimeoutError:
+            except WatchTimeoutError:  # no change yet; a failed watch raises its own error
                 continue
 
     def __iter__(self) -> Iterator[list[Endpoint]]:
