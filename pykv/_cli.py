@@ -501,8 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _command_after_key(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
-    """``pykv lock KEY CMD -x`` (flock's form, without ``--``): insert ``--`` before CMD, so
-    CMD's own options are not taken for pykv's. Options before CMD stay pykv's."""
+    """``pykv lock KEY CMD -x`` (flock's form, without ``--``; also ``pykv elect NAME CMD``):
+    insert ``--`` before CMD, so CMD's own options are not taken for pykv's. Options before
+    CMD stay pykv's."""
 
     def takes_value(p: argparse.ArgumentParser) -> set[str]:
         return {
@@ -514,9 +515,9 @@ def _command_after_key(parser: argparse.ArgumentParser, argv: list[str]) -> list
     i = 0
     while i < len(argv) and argv[i].startswith("-") and argv[i] != "--":  # options before it
         i += 2 if argv[i] in top_valued else 1
-    if i >= len(argv) or argv[i] != "lock":
+    if i >= len(argv) or argv[i] not in ("lock", "elect"):
         return argv
-    valued = takes_value(sub.choices["lock"])
+    valued = takes_value(sub.choices[argv[i]])
     positionals = 0
     j = i + 1
     while j < len(argv):

@@ -148,7 +148,7 @@ def add_recipe_commands(subparsers: Any, parents: list[argparse.ArgumentParser])
         "is terminated (then killed after --kill-after seconds) and pykv exits with 4.",
     )
     p.add_argument("name", metavar="NAME")
-    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+    p.add_argument("command", nargs="*", metavar="-- COMMAND")
     p.set_defaults(func=cmd_elect)
 
     p = subparsers.add_parser(
