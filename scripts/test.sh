@@ -32,5 +32,5 @@ step "static checks"
 bash scripts/check.sh
 
 step "tests"
-uv run --no-sync pytest -p no:cacheprovider -ra tests/unit "${integration[@]}" "$@"
+uv run --no-sync pytest -p no:cacheprovider -ra tests/unit tests/faults "${integration[@]}" "$@"
 step "done"
