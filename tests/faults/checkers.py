@@ -266,7 +266,7 @@ def check_watch(events: list[Event], bound: float = WATCH_BOUND) -> list[Violati
                 found.append(
                     Violation(
                         "watch-final",
-                        final["t"],
+                        math.inf,  # the end of the run, not the last nemesis's window
                         f"the {'watch' if what == 'value' else 'tree watch'} ended at {what} "
                         f"{got}, the final state is {want}",
                     )
@@ -275,7 +275,7 @@ def check_watch(events: list[Event], bound: float = WATCH_BOUND) -> list[Violati
                 found.append(
                     Violation(
                         "watch-final",
-                        final["t"],
+                        math.inf,
                         f"the watch reached the final {what} {want} "
                         f"{last_reached - final['t_ref']:.1f} s after healing",
                     )
@@ -308,7 +308,7 @@ def check_ttl(events: list[Event]) -> list[Violation]:
                 found.append(
                     Violation(
                         "ttl",
-                        event["killed"],
+                        math.inf,  # measured once the cluster is healed: the end of the run
                         f"{what.replace('_', ' ')} {outlived:.1f} s after the owner was killed "
                         f"(bound: ttl {event['ttl']:g} + slack {event['slack']:g} s)",
                     )
@@ -327,12 +327,19 @@ def ttl_outlived(events: list[Event]) -> float | None:
 
 
 def resume_times(events: list[Event]) -> list[tuple[Event, float]]:
-    """For each fault: seconds from its reference instant (the new leader, else the fault's
-    start) to the first operation the cluster answered (``inf`` when none did)."""
+    """For each fault: seconds from its reference instant to the first operation the cluster
+    answered (``inf`` when none did). The reference is the new leader's election when the
+    leader was faulted (``leader_at``; when none was elected during the fault, the instant the
+    healed cluster agreed on a leader again, ``healthy``), else the fault's start."""
     answered = sorted(e["t"] for e in of_type(events, "put", "cas") if e["ok"] or e.get("definite"))
     result = []
     for fault in of_type(events, "fault"):
-        ref = fault.get("leader_at") or fault["t"]
+        if fault.get("leader_at"):
+            ref = fault["leader_at"]
+        elif fault.get("node") is not None and fault.get("node") == fault.get("old_leader"):
+            ref = fault["healthy"]
+        else:
+            ref = fault["t"]
         first = next((t for t in answered if t > ref), None)
         result.append((fault, math.inf if first is None else first - ref))
     return result

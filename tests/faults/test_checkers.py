@@ -197,6 +197,21 @@ def test_resume_after_a_new_leader() -> None:
     late = [fault, ev("put", 18.0, "w", key="k", value="v", ok=True)]
     assert checks_of(check_resume(late)) == {"resume"}
     assert checks_of(check_resume([fault])) == {"resume"}
+    # no leader elected while the leader was frozen: measured from the healed cluster's leader
+    slow = ev(
+        "fault",
+        10.0,
+        "runner",
+        nemesis="pause-leader",
+        node="n1",
+        old_leader="n1",
+        leader_at=None,
+        healthy=17.0,
+    )
+    assert check_resume([slow, ev("put", 18.0, "w", key="k", value="v", ok=True)]) == []
+    # a follower's fault: measured from its start
+    follower = dict(slow, node="n2")
+    assert checks_of(check_resume([follower, ev("put", 18.0, "w", ok=True)])) == {"resume"}
     assert nemesis_at([fault], 11.0) == "kill-leader"
     assert nemesis_at([fault], 9.0) == "before faults"
 

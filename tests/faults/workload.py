@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import random
 import sys
@@ -278,6 +279,11 @@ def run_ttl_owner(args: argparse.Namespace, rec: Recorder) -> None:
         time.sleep(3600)
 
 
+def _stamp(record: logging.LogRecord) -> bool:
+    record.mono = time.monotonic()
+    return True
+
+
 ROLES = {"lock": run_lock, "writer": run_writer, "watcher": run_watcher, "ttl-owner": run_ttl_owner}
 
 
@@ -294,6 +300,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--unfenced", action="store_true", help="negative control: no fencing")
     args = parser.parse_args(argv)
     proc = f"{args.role}-{args.id}"
+    # pykv's and the client libraries' warnings (reconnects, renewals failing, locks lost) go
+    # to this process's .out file, with the monotonic time the history uses
+    logging.basicConfig(level=logging.WARNING, format="%(mono).3f %(name)s %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_stamp)
     rec = Recorder(args.dir / f"{proc}.jsonl", proc)
     rec.record("start", pid=os.getpid())
     try:
