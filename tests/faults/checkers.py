@@ -148,8 +148,13 @@ def check_lock_gaps(events: list[Event], bound: float = LOCK_GAP_BOUND) -> list[
     found = []
     for before, after in itertools.pairwise(times):
         if after - before > bound:
+            # attributed to the nemesis window that holds the middle of the gap
             found.append(
-                Violation("lock-gap", before, f"no acquisition for {after - before:.1f} s")
+                Violation(
+                    "lock-gap",
+                    (before + after) / 2,
+                    f"no acquisition for {after - before:.1f} s (t={before:.1f} to t={after:.1f})",
+                )
             )
     return found
 
