@@ -220,7 +220,11 @@ def test_resume_after_a_new_leader() -> None:
 # Real workloads on the embedded SQLite store (no server)
 
 
-def run_workers(tmp_path: Path, role: str, count: int, seconds: float, *extra: str) -> list[Event]:
+def run_workers(
+    tmp_path: Path, role: str, count: int, seconds: float, *extra: str, want: str = "acquire"
+) -> list[Event]:
+    """Run ``count`` workers for ``seconds`` once they all record ``want`` events (interpreters
+    start slowly on a loaded machine), within a bounded wait."""
     url = f"sqlite:///{tmp_path / 'kv.db'}"
     procs = [
         subprocess.Popen(
@@ -245,6 +249,12 @@ def run_workers(tmp_path: Path, role: str, count: int, seconds: float, *extra: s
         for i in range(count)
     ]
     try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            working = {e["proc"] for e in load_events(tmp_path) if e["type"] == want}
+            if len(working) == count:
+                break
+            time.sleep(0.2)
         time.sleep(seconds)
         (tmp_path / "stop").touch()
         for proc in procs:
@@ -286,7 +296,7 @@ def test_writer_workload(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'kv.db'}"
     with pykv.open_store(url, prefix="t") as store:
         store.put("counter", "0")
-        events = run_workers(tmp_path, "writer", 2, 2.0)
+        events = run_workers(tmp_path, "writer", 2, 2.0, want="put")
         keys = {p.key: p.value.decode() for p in store.list("w")}
         counter = int(store.get("counter").value)
     acks = [e for e in events if e["type"] in {"put", "cas"} and e["ok"]]
