@@ -62,5 +62,5 @@ if [[ -n $others_pid ]]; then
 fi
 
 step "tests"
-uv run --no-sync pytest -p no:cacheprovider -ra tests/unit "${integration[@]}" "$@"
+uv run --no-sync pytest -p no:cacheprovider -ra tests/unit tests/faults "${integration[@]}" "$@"
 step "done"

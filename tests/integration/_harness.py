@@ -408,8 +408,10 @@ class Cluster:
     Node operations act on one container: ``kill`` (SIGKILL), ``start``, ``restart``, ``pause``
     and ``unpause`` (cgroup freezer), ``disconnect`` and ``reconnect`` (leave and rejoin the
     cluster network; a disconnected node is unreachable from the host as well, since its port
-    is published through that network). ``restore`` undoes all of them and waits until the
-    cluster is whole again; the fixtures call it after every test.
+    is published through that network), ``isolate`` (cut off from its peers, still reachable
+    from the host) and ``cut_clients`` (cut off from the host, still in the cluster), both
+    undone by ``heal_network``. ``restore`` undoes all of them and waits until the cluster is
+    whole again; the fixtures call it after every test.
     """
 
     def __init__(self, spec: ClusterSpec, compose: Compose) -> None:
@@ -420,6 +422,10 @@ class Cluster:
         self.url = f"{spec.backend}://" + ",".join(self.address(n) for n in self.nodes)
         self.network = f"{compose.project}_cluster"
         self._ips = {node: self._ip(node) for node in self.nodes}
+        self._gateway = str(
+            client_gateway(compose.client.networks.get(self.network).attrs, self.network)
+        )
+        self._netfaults: set[str] = set()  # nodes with iptables rules of ours
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.url}>"
@@ -475,6 +481,41 @@ class Cluster:
             self._container(node), ipv4_address=self._ips[node], aliases=[node]
         )
 
+    # -- network faults (iptables inside a node's network namespace) -------------------------
+
+    def _iptables(self, node: str, *rules: Sequence[str]) -> None:
+        pid = self._container(node).attrs["State"]["Pid"]
+        for rule in rules:
+            run(["nsenter", "-t", str(pid), "-n", "iptables", "-w", "5", *rule], timeout=15.0)
+
+    def isolate(self, node: str) -> None:
+        """Cut ``node`` off from its peers, both ways; clients on the host still reach it."""
+        peers = [self._ips[n] for n in self.nodes if n != node]
+        self._iptables(
+            node,
+            *(["-I", "INPUT", "-s", ip, "-j", "DROP"] for ip in peers),
+            *(["-I", "OUTPUT", "-d", ip, "-j", "DROP"] for ip in peers),
+        )
+        self._netfaults.add(node)
+
+    def cut_clients(self, node: str) -> None:
+        """Cut ``node`` off from the host (its clients), both ways; its peers still reach it.
+
+        The host reaches a published port through the network's gateway address."""
+        self._iptables(
+            node,
+            ["-I", "INPUT", "-s", self._gateway, "-j", "DROP"],
+            ["-I", "OUTPUT", "-d", self._gateway, "-j", "DROP"],
+        )
+        self._netfaults.add(node)
+
+    def heal_network(self, node: str | None = None) -> None:
+        """Drop the rules of :meth:`isolate` and :meth:`cut_clients` (on every node: None)."""
+        for name in [node] if node else sorted(self._netfaults):
+            if self.state(name) in {"running", "disconnected"}:
+                self._iptables(name, ["-F", "INPUT"], ["-F", "OUTPUT"])
+            self._netfaults.discard(name)
+
     def state(self, node: str) -> str:
         """running, paused, exited, ... or disconnected."""
         attrs = self._container(node).attrs
@@ -489,7 +530,8 @@ class Cluster:
         return [n for n in self.nodes if self.state(n) == "running"]
 
     def restore(self, timeout: float = HEAL_TIMEOUT) -> None:
-        """Unpause, start and reconnect every node, then wait until the cluster is whole."""
+        """Unpause, start and reconnect every node, lift network faults, then wait until the
+        cluster is whole."""
         for node in self.nodes:
             state = self.state(node)
             if state == "paused":
@@ -498,6 +540,7 @@ class Cluster:
                 self.reconnect(node)
             elif state != "running":
                 self.start(node)
+        self.heal_network()
         self.wait_healthy(timeout)
 
     # -- leader and health ------------------------------------------------------------------
@@ -534,8 +577,13 @@ class Cluster:
                 f"{self.compose.logs(self.nodes, tail=40)}"
             ) from None
 
-    def _agreed_leader(self) -> str | None:
-        up = self.up_nodes()
+    def leader_among(self, nodes: Sequence[str]) -> str | None:
+        """The leader ``nodes`` agree on, one of them, right now; None if none (a leader cut
+        off from the others is not agreed on by the majority that elected another)."""
+        return self._agreed_leader(list(nodes))
+
+    def _agreed_leader(self, among: list[str] | None = None) -> str | None:
+        up = self.up_nodes() if among is None else among
         if not up:
             return None
         views = {self._leader_seen_by(node) for node in up}
@@ -592,8 +640,8 @@ class EtcdCluster(Cluster):
 
 
 class ZooKeeperCluster(Cluster):
-    def _agreed_leader(self) -> str | None:
-        up = self.up_nodes()
+    def _agreed_leader(self, among: list[str] | None = None) -> str | None:
+        up = self.up_nodes() if among is None else among
         modes = {node: zookeeper_mode(self.address(node)) for node in up}
         leaders = [n for n, mode in modes.items() if mode == "leader"]
         followers = [n for n, mode in modes.items() if mode == "follower"]
@@ -607,6 +655,16 @@ CLUSTER_CLASSES: dict[str, type[Cluster]] = {
     "etcd": EtcdCluster,
     "zookeeper": ZooKeeperCluster,
 }
+
+
+def client_gateway(network: dict[str, Any], name: str) -> str:
+    """The gateway address of a docker network: where the host's traffic comes from."""
+    for config in (network.get("IPAM") or {}).get("Config") or []:
+        if config.get("Gateway"):
+            return str(config["Gateway"])
+        if config.get("Subnet"):
+            return str(next(ipaddress.ip_network(config["Subnet"], strict=False).hosts()))
+    raise HarnessError(f"docker network {name} has no gateway")
 
 
 def make_cluster(backend: str, compose: Compose) -> Cluster:

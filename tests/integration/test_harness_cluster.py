@@ -147,3 +147,31 @@ def test_restart_and_restore_from_lost_quorum(cluster: Cluster) -> None:
     cluster.restore()
     assert cluster.up_nodes() == list(cluster.nodes)
     assert cluster.leader() in cluster.nodes
+
+
+def test_isolate_the_leader_from_its_peers(cluster: Cluster) -> None:
+    old = cluster.leader()
+    others = [n for n in cluster.nodes if n != old]
+    cluster.isolate(old)
+    wait_for(
+        "the majority elects another leader",
+        lambda: cluster.leader_among(others) not in (None, old),
+        60,
+    )
+    assert answers(cluster, old)  # clients on the host still reach the isolated node
+    cluster.heal_network(old)
+    cluster.wait_healthy()
+
+
+def test_cut_the_clients_off_a_node(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    node = next(n for n in cluster.nodes if n != leader)
+    cluster.cut_clients(node)
+    assert not answers(cluster, node)
+    k = key()
+    put(cluster, leader, k, "while cut off")
+    cluster.heal_network(node)
+    # Its peers reached it all along: it has the write as soon as clients reach it again.
+    wait_for("node answers again", lambda: answers(cluster, node), 10)
+    assert get(cluster, node, k) == "while cut off"
+    assert cluster.current_leader() == leader

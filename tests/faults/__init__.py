@@ -1,0 +1,1 @@
+"""pykv's fault-injection suite: workloads, nemeses and checkers (see README.md)."""
