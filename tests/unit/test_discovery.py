@@ -324,8 +324,12 @@ def test_follow_ends_with_the_error_of_a_failed_watch(store: pykv.Store) -> None
         assert next(updates) == []
         # A driver reports a failed watch this way (the watch's documented producer side).
         watch._inner._fail(pykv.OperationTimeoutError("watch of services timed out"))
-        with pytest.raises(pykv.OperationTimeoutError, match="timed out"):
+        # The core raises a watch's time-out as UnavailableError (never a TimeoutError, which
+        # means "no event yet"), keeping the time-out as its cause.
+        with pytest.raises(pykv.UnavailableError, match="timed out") as failed:
             next(updates)
+        assert not isinstance(failed.value, TimeoutError)
+        assert isinstance(failed.value.__cause__, pykv.OperationTimeoutError)
     with reg.watch() as watch:
         updates = watch.follow(stop, poll=0.05)
         assert next(updates) == []
