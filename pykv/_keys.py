@@ -15,6 +15,10 @@ MAX_KEY_BYTES = 1024
 #: Named in error messages: C0 controls, DEL and C1 controls, the line and paragraph
 #: separators, and the bidi controls (embeddings, overrides, isolates).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+#: Beyond the Basic Multilingual Plane (emoji and other astral characters) and its "Specials"
+#: block (U+FFF0-U+FFFF, with U+FFFC and U+FFFD): ZooKeeper refuses them in paths (Java stores
+#: astral characters as surrogate pairs), so no backend takes them and keys mean the same on all.
+_NOT_PORTABLE = re.compile("[\U00010000-\U0010ffff\ufff0-\uffff]")
 _BAD_SEGMENT = re.compile(r"(?:^|/)(?:\.{1,2})?(?:/|$)")
 #: Longer keys are validated without the cache: they are invalid (or mostly slashes), and a
 #: cache entry must never pin megabytes of a rejected key.
@@ -50,6 +54,15 @@ def _check_segments(key: str, original: str, what: str) -> None:
             f"{what} {shorten(original)} contains the unprintable character {char!r} "
             f"(U+{ord(char):04X}, Unicode category {unicodedata.category(char)})"
         )
+    if not key.isascii():
+        astral = _NOT_PORTABLE.search(key)
+        if astral:
+            char = astral.group()
+            raise InvalidKeyError(
+                f"{what} {shorten(original)} contains {char!r} (U+{ord(char):04X}): keys are "
+                "limited to the Basic Multilingual Plane without its Specials block "
+                "(U+FFF0-U+FFFF), the characters every backend can hold"
+            )
     bad = _BAD_SEGMENT.search(key)
     if bad:
         segment = bad.group().strip("/")

@@ -75,14 +75,12 @@ class TestZooKeeperFuzz(FuzzTests):  # the fuzz suite, with fewer examples over 
     fuzz_examples = 25
     store_url = TestZooKeeperStore.store_url
     store_options = TestZooKeeperStore.store_options
-    # Known defect (found by this suite): ZooKeeper refuses paths holding characters beyond
-    # U+FFFF (emoji: UTF-16 surrogates) and U+FFFC/U+FFFD, with BadArguments.
-    unsupported_keys = "[\U00010000-\U0010ffff\ufffc\ufffd]"
 
-    @pytest.mark.xfail(strict=True, reason="ZooKeeper refuses emoji in paths (known defect)")
-    def test_keys_beyond_the_basic_plane_round_trip(self, store: Store) -> None:
-        store.put("emoji/\U0001f600", b"x")
-        assert store.get("emoji/\U0001f600").value == b"x"
+    def test_astral_and_specials_keys_are_refused_before_any_io(self, store: Store) -> None:
+        # ZooKeeper itself refuses them (BadArguments); the key rule refuses them everywhere.
+        for key in ("emoji/\U0001f600", "x/\ufffd", "\U0010ffff"):
+            with pytest.raises(pykv.InvalidKeyError, match="Basic Multilingual Plane"):
+                store.put(key, b"x")
 
 
 @pytest.fixture

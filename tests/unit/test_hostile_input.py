@@ -137,9 +137,18 @@ def test_every_unprintable_character_is_refused(store: pykv.Store, char: str) ->
 
 
 def test_printable_neighbours_of_the_refused_characters_are_keys(store: pykv.Store) -> None:
-    for char in (" ", "\xa1", "\xae", "\u2027", "\u2030", "\u2070", "\ufffd", "\U0001f600"):
+    for char in (" ", "\xa1", "\xae", "\u2027", "\u2030", "\u2070", "\uff21", "\u4e2d"):
         store.put(f"a{char}b", "x")
         assert store.get(f"a{char}b").key == f"a{char}b"
+
+
+@pytest.mark.parametrize("char", ["\U0001f600", "\U00010000", "\U0002f800", "\ufffc", "\ufffd"])
+def test_astral_and_specials_characters_are_refused_on_every_backend(
+    store: pykv.Store, char: str
+) -> None:
+    # ZooKeeper cannot hold them in a path; one key rule for every backend refuses them all.
+    with pytest.raises(InvalidKeyError, match="Basic Multilingual Plane"):
+        store.put(f"a{char}b", "x")
 
 
 def test_long_keys_are_cut_in_messages_and_never_cached() -> None:
