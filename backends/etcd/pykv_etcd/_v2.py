@@ -66,7 +66,12 @@ TTL keys and locks
     ``prevExist=false`` and a TTL; its ``createdIndex`` (etcd's global index) is the fencing
     token. The lock's value is a TTL key at the lock's own key. Waiters watch the bookkeeping
     node (``wait=true&waitIndex=``) instead of polling. ``lost`` is set when a refresh finds
-    either node deleted or rewritten, or when no refresh succeeded for 3/4 of the TTL.
+    either node deleted or rewritten, or when no refresh succeeded for 3/4 of the TTL
+    (counted from when the last confirmed refresh was sent; every call of the refreshing
+    thread ends by then, so a hung server cannot delay it). A release that fails stops the
+    refreshes, so etcd deletes both nodes within the TTL. ``acquire(timeout=T)`` returns
+    within T (each call gets at least 0.5 s). ``close()`` stops every watch thread first and
+    then waits for all of them together, at most one timeout.
 
 Watches
     Long polls ``wait=true&waitIndex=N`` (recursive, to see ``K/%value``) on one thread per
