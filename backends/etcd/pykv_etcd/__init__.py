@@ -41,13 +41,18 @@ Capabilities
       ``watch_tree`` snapshots are built from the event stream, one per batch of events.
     * Locks: the lock key holds the holder's value; contenders queue as keys under
       ``\\x00pykv-locks/`` (never listed or watched by pykv), ordered by create revision, each
-      watching only its predecessor (no polling). A free lock is taken in one transaction
-      (queue up and create the lock key), released in another. The fencing token is the
-      create revision of the lock key; locks share the store's lease of their TTL. ``lost``
-      is set when the lock key is deleted or overwritten, when the lease expires, or when etcd
-      has been unreachable for nearly the whole TTL (the lock's key is checked with every
-      lease renewal, at a third of the TTL). A waiter never passes a holder that has not been
-      told: the holder leaves the queue only after setting ``lost``.
+      watching only its predecessor (no polling). Each acquisition has a lease of its own for
+      its queue key and lock key: a free lock is taken with a lease grant and one transaction
+      (queue up and create the lock key), and released by revoking the lease. The fencing
+      token is the create revision of the lock key. ``lost`` is set when the lock key is
+      deleted or overwritten, when the lease expires, or when no renewal was confirmed for
+      nearly the whole TTL (counted from when the last confirmed renewal was sent; the lock's
+      key is checked with every renewal, at a third of the TTL); from then on the lease counts
+      as dead: it is no longer renewed but revoked, and a lock is never granted on it. A
+      waiter never passes a holder that has not been told: the holder's keys go only after
+      ``lost`` is set. A release that cannot reach etcd raises, and lets the lease go (still
+      revoking it in the background), so etcd deletes the lock key within the TTL.
+      ``acquire(timeout=T)`` returns within T (each call gets at least 0.5 s).
     * Each watch is one gRPC stream and one thread; a store with thousands of watches should
       rather watch a common prefix with ``watch_tree``.
 

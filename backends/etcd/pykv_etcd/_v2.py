@@ -66,7 +66,12 @@ TTL keys and locks
     ``prevExist=false`` and a TTL; its ``createdIndex`` (etcd's global index) is the fencing
     token. The lock's value is a TTL key at the lock's own key. Waiters watch the bookkeeping
     node (``wait=true&waitIndex=``) instead of polling. ``lost`` is set when a refresh finds
-    either node deleted or rewritten, or when no refresh succeeded for 3/4 of the TTL.
+    either node deleted or rewritten, or when no refresh succeeded for 3/4 of the TTL
+    (counted from when the last confirmed refresh was sent; every call of the refreshing
+    thread ends by then, so a hung server cannot delay it). A release that fails stops the
+    refreshes, so etcd deletes both nodes within the TTL. ``acquire(timeout=T)`` returns
+    within T (each call gets at least 0.5 s). ``close()`` stops every watch thread first and
+    then waits for all of them together, at most one timeout.
 
 Watches
     Long polls ``wait=true&waitIndex=N`` (recursive, to see ``K/%value``) on one thread per
@@ -454,11 +459,25 @@ class Etcd2Store(Store):
         self._last_write = max(self._last_write, int(node["modifiedIndex"]))
         return node
 
-    def _get_node(self, path: str, what: str, **params: str) -> _Reply:
-        reply = self._call("GET", path, what, params=params or None)
+    def _budget(self, deadline: float | None) -> float | None:
+        """The timeout of one call that must end by ``deadline`` (None: the store's)."""
+        if deadline is None:
+            return None
+        return min(self.timeout, max(0.05, deadline - time.monotonic()))
+
+    def _get_node(
+        self, path: str, what: str, *, deadline: float | None = None, **params: str
+    ) -> _Reply:
+        reply = self._call("GET", path, what, params=params or None, timeout=self._budget(deadline))
         if reply.index and reply.index < self._last_write and "quorum" not in params:
             # a member behind this store's own writes (after a failover): read through raft
-            reply = self._call("GET", path, what, params={**params, "quorum": "true"})
+            reply = self._call(
+                "GET",
+                path,
+                what,
+                params={**params, "quorum": "true"},
+                timeout=self._budget(deadline),
+            )
         return reply
 
     # -- paths ------------------------------------------------------------------------------
@@ -487,11 +506,13 @@ class Etcd2Store(Store):
 
     # -- reads ------------------------------------------------------------------------------
 
-    def _read(self, key: str, what: str) -> tuple[dict[str, Any] | None, str, int]:
+    def _read(
+        self, key: str, what: str, deadline: float | None = None
+    ) -> tuple[dict[str, Any] | None, str, int]:
         """The node holding ``key``'s value (or None), its path, and the index of the read."""
         path = self._node(key)
         for _ in range(10):
-            reply = self._get_node(path, what)
+            reply = self._get_node(path, what, deadline=deadline)
             if reply.code in (E_NOT_FOUND, E_NOT_DIR):  # E_NOT_DIR: an ancestor is a file
                 return None, path, int(reply.body.get("index", reply.index))
             if reply.code is not None:
@@ -499,7 +520,7 @@ class Etcd2Store(Store):
             if not reply.node.get("dir"):
                 return reply.node, path, reply.index
             leaf = path + "/" + VALUE_LEAF
-            reply = self._get_node(leaf, what)
+            reply = self._get_node(leaf, what, deadline=deadline)
             if reply.code == E_NOT_FOUND:
                 return None, leaf, int(reply.body.get("index", reply.index))
             if reply.code == E_NOT_DIR:
@@ -549,8 +570,10 @@ class Etcd2Store(Store):
         create: bool = False,
         previous: int | None = None,
         what: str,
+        deadline: float | None = None,
     ) -> dict[str, Any]:
-        """Write ``text`` at ``key`` (create-only, or compare-and-swap on ``previous``)."""
+        """Write ``text`` at ``key`` (create-only, or compare-and-swap on ``previous``); each
+        write ends by ``deadline`` when one is given."""
         path = self._node(key)
         target = path
         params: dict[str, str] = {}
@@ -563,7 +586,15 @@ class Etcd2Store(Store):
         plain = not create and previous is None
         probes = 0
         for _ in range(20):
-            reply = self._call("PUT", target, what, params=params, value=text, safe=plain)
+            reply = self._call(
+                "PUT",
+                target,
+                what,
+                params=params,
+                value=text,
+                safe=plain,
+                timeout=self._budget(deadline),
+            )
             code = reply.code
             if code is None:
                 return self._written(reply)
@@ -810,11 +841,28 @@ class Etcd2Store(Store):
                 )
                 self._keepalive.start()
 
+    def _tell_locks(self) -> float | None:
+        """Mark held locks lost whose renewal is overdue; the earliest deadline of the rest,
+        by which the keepalive thread must be back (no call may keep it longer)."""
+        with self._mutex:
+            locks = [lock for lock in self._locks if lock.held]
+        now = time.monotonic()
+        tells = []
+        for lock in locks:
+            if now >= lock._tell_at():
+                lock._mark_lost("it could not be renewed in time")
+            else:
+                tells.append(lock._tell_at())
+        return min(tells) if tells else None
+
     def _keepalive_loop(self) -> None:
         while not self._stop.is_set():
+            cap = self._tell_locks()
             with self._mutex:
                 dues = [t.due for t in self._ttl_keys.values()]
                 dues += [lock._due for lock in self._locks]
+            if cap is not None:
+                dues.append(cap)
             wait = max(0.0, min(dues) - time.monotonic()) if dues else 1.0
             if self._wake.wait(min(wait, 1.0)):
                 self._wake.clear()
@@ -824,33 +872,42 @@ class Etcd2Store(Store):
             with self._mutex:
                 due_keys = [t for t in self._ttl_keys.values() if t.due <= now]
                 due_locks = [lock for lock in self._locks if lock._due <= now]
-            for item in due_keys:
+            # Locks first: their lost deadline is tighter than a TTL key's expiry.
+            for lock in due_locks:
                 try:
-                    self._refresh_key(item)
+                    lock._renew()
+                except Exception:
+                    log.exception("%s: renewing the lock %r failed", self, lock.key)
+            for item in due_keys:
+                cap = self._tell_locks()
+                if self._stop.is_set():
+                    return
+                try:
+                    self._refresh_key(item, cap)
                 except PyKVError as exc:
                     log.warning("%s: keeping the TTL key %r alive failed: %s", self, item.key, exc)
                     item.due = time.monotonic() + min(item.ttl / 6, 0.5)
                 except Exception:  # the thread must go on keeping the others alive
                     log.exception("%s: keeping the TTL key %r alive failed", self, item.key)
                     item.due = time.monotonic() + min(item.ttl / 6, 0.5)
-            for lock in due_locks:
-                try:
-                    lock._renew()
-                except Exception:
-                    log.exception("%s: renewing the lock %r failed", self, lock.key)
 
-    def _refresh(self, path: str, index: int, ttl: int, what: str) -> _Reply:
+    def _refresh(
+        self, path: str, index: int, ttl: int, what: str, deadline: float | None = None
+    ) -> _Reply:
+        timeout = min(self.timeout, max(0.5, ttl / 3))
+        if deadline is not None:
+            timeout = min(timeout, max(0.05, deadline - time.monotonic()))
         return self._call(
             "PUT",
             path,
             what,
             params={"refresh": "true", "prevIndex": str(index), "ttl": str(ttl)},
-            timeout=min(self.timeout, max(0.5, ttl / 3)),
+            timeout=timeout,
         )
 
-    def _refresh_key(self, item: _TTLKey) -> None:
+    def _refresh_key(self, item: _TTLKey, deadline: float | None = None) -> None:
         what = f"refresh TTL key {item.key!r}"
-        reply = self._refresh(item.path, item.index, item.ttl, what)
+        reply = self._refresh(item.path, item.index, item.ttl, what, deadline)
         if reply.code is None:
             item.index = int(reply.node["modifiedIndex"])
             item.chain = [*item.chain[-63:], item.index]
@@ -859,7 +916,7 @@ class Etcd2Store(Store):
             return
         if reply.code not in (E_COMPARE, E_NOT_FOUND, E_NOT_FILE, E_NOT_DIR):
             raise self._fail(reply, what)
-        node, path, _ = self._adopt(item.key, item.text, what)
+        node, path, _ = self._adopt(item.key, item.text, what, deadline)
         with self._mutex:
             if node is not None:
                 item.path, item.index, item.misses = path, int(node["modifiedIndex"]), 0
@@ -874,9 +931,11 @@ class Etcd2Store(Store):
                 )
                 del self._ttl_keys[item.key]
 
-    def _adopt(self, key: str, text: str, what: str) -> tuple[dict[str, Any] | None, str, int]:
+    def _adopt(
+        self, key: str, text: str, what: str, deadline: float | None = None
+    ) -> tuple[dict[str, Any] | None, str, int]:
         """The node of ``key`` if it still holds our value with a TTL (moved, or refreshed)."""
-        node, path, index = self._read(key, what)
+        node, path, index = self._read(key, what, deadline)
         if node is None or node.get("ttl") is None:
             return None, path, index
         if decode_value(str(node.get("value", ""))) != decode_value(text):
@@ -1022,12 +1081,17 @@ class Etcd2Store(Store):
             self._wake.set()
             with self._mutex:
                 watches = list(self._watches)
+            # Stop every thread first, then wait for all of them together: a thread stuck in
+            # a call ends with it, at the latest after one timeout, whatever their number.
             for worker in watches:
-                worker.watch.close()
+                worker.poll.interrupt()
+            for worker in watches:
+                worker.watch.close()  # does not join: the store is closing (see _closed)
+            deadline = time.monotonic() + self.timeout
             if self._keepalive is not None and self._keepalive is not threading.current_thread():
-                self._keepalive.join(timeout=self.timeout)
+                self._keepalive.join(timeout=max(0.0, deadline - time.monotonic()))
             for worker in watches:
-                worker.join()
+                worker.join(deadline)
             self._http.clear()
 
 
@@ -1070,11 +1134,15 @@ class _WatchWorker:
         self.poll.interrupt()
         with self.store._mutex:
             self.store._watches.discard(self)
-        self.join()
+        if not self.store._stop.is_set():  # else the store's close() joins every watch at once
+            self.join()
 
-    def join(self) -> None:
+    def join(self, deadline: float | None = None) -> None:
+        """Wait for the thread to end, up to ``deadline`` (default: one timeout from now)."""
+        if deadline is None:
+            deadline = time.monotonic() + self.store.timeout
         if self.thread.is_alive() and self.thread is not threading.current_thread():
-            self.thread.join(timeout=self.store.timeout)
+            self.thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def _run(self) -> None:
         store = self.store
@@ -1283,6 +1351,12 @@ class _Etcd2Lock(Lock):
         store = self.store
         what = f"lock {self.key!r}"
         deadline = None if timeout is None else time.monotonic() + timeout
+
+        def call_deadline() -> float | None:
+            # Calls end with the wait (but get half a second at least, so that a zero timeout
+            # still tries once).
+            return None if deadline is None else max(deadline, time.monotonic() + 0.5)
+
         poll = _Poll()
         while True:
             store._check_open()
@@ -1295,17 +1369,25 @@ class _Etcd2Lock(Lock):
                 params={"prevExist": "false", "ttl": str(self._seconds)},
                 value=holder,
                 safe=False,
+                timeout=store._budget(call_deadline()),
             )
             if reply.code is None:
                 node = store._written(reply)
                 self._holder, self._side_index = holder, int(node["modifiedIndex"])
                 try:
-                    written = store._write(self.key, self._text, self._seconds, what=what)
+                    written = store._write(
+                        self.key, self._text, self._seconds, what=what, deadline=call_deadline()
+                    )
                 except BaseException:
                     with contextlib.suppress(PyKVError):
                         store._call(
-                            "DELETE", self._side, what, params={"prevValue": holder}, safe=False
-                        )
+                            "DELETE",
+                            self._side,
+                            what,
+                            params={"prevValue": holder},
+                            safe=False,
+                            timeout=min(store.timeout, 1.0),
+                        )  # else it expires within the TTL: nothing refreshes it
                     raise
                 self._value_path = str(written["key"])
                 self._value_index = int(written["modifiedIndex"])
@@ -1327,18 +1409,28 @@ class _Etcd2Lock(Lock):
             with contextlib.suppress(_IndexCleared):
                 store._wait(self._side, index + 1, False, poll, max(wait, 0.05), what)
 
+    def _tell_at(self) -> float:
+        """When the lock must count as lost if no renewal succeeded: well before etcd can
+        expire its nodes (the send time of the last confirmed refresh plus the TTL)."""
+        return self._last_ok + self._seconds * 0.75
+
     def _renew(self) -> None:
-        """Called by the store's keepalive thread."""
+        """Called by the store's keepalive thread. Every call ends by the lost deadline, so
+        that the thread is back in time to tell the holder even when etcd hangs."""
         if not self._held or self.lost.is_set():
             return
         store = self.store
         what = f"renew lock {self.key!r}"
         sent = time.monotonic()
         self._due = sent + self._seconds / 3
+        tell = self._tell_at()
+        if sent >= tell:
+            self._mark_lost("it could not be renewed in time")
+            return
         try:
-            reply = store._refresh(self._side, self._side_index, self._seconds, what)
+            reply = store._refresh(self._side, self._side_index, self._seconds, what, tell)
             if reply.code is not None:
-                side = store._call("GET", self._side, what)
+                side = store._call("GET", self._side, what, timeout=store._budget(tell))
                 if side.code is not None or side.node.get("value") != self._holder:
                     self._mark_lost(f"its bookkeeping node expired or was deleted ({reply.body})")
                     return
@@ -1346,9 +1438,9 @@ class _Etcd2Lock(Lock):
                 self._due = time.monotonic()
                 return
             self._side_index = int(reply.node["modifiedIndex"])
-            reply = store._refresh(self._value_path, self._value_index, self._seconds, what)
+            reply = store._refresh(self._value_path, self._value_index, self._seconds, what, tell)
             if reply.code is not None:
-                node, path, _ = store._adopt(self.key, self._text, what)
+                node, path, _ = store._adopt(self.key, self._text, what, tell)
                 if node is None:
                     self._mark_lost("its key was deleted or overwritten")
                     return
@@ -1360,7 +1452,7 @@ class _Etcd2Lock(Lock):
         except PyKVError as exc:
             log.warning("%s: renewing lock %r failed: %s", store, self.key, exc)
             self._due = time.monotonic() + min(0.5, self._seconds / 6)
-        if time.monotonic() > self._last_ok + self._seconds * 0.75:
+        if time.monotonic() >= self._tell_at():
             self._mark_lost("it could not be renewed in time")
 
     def _release(self) -> None:

@@ -365,7 +365,8 @@ class _WatchStream:
         self._thread = threading.Thread(target=self._run, name=f"pykv-etcd {name}", daemon=True)
 
     def start(self) -> None:
-        self.store._streams.add(self)
+        with self.store._registry:
+            self.store._streams.add(self)
         self._thread.start()
 
     def stop(self) -> None:
@@ -374,7 +375,8 @@ class _WatchStream:
             call = self._call
         if call is not None:
             call.cancel()
-        self.store._streams.discard(self)
+        with self.store._registry:
+            self.store._streams.discard(self)
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=self.store.timeout)
 
@@ -464,9 +466,11 @@ class _WatchStream:
 
 @dataclass(eq=False)
 class _Lease:
-    """A lease of the store: shared by its TTL keys and locks of one TTL (whole seconds)."""
+    """A lease of the store: shared by its TTL keys of one TTL (whole seconds), or the lease
+    of one lock acquisition (``for_lock``)."""
 
     ttl: int
+    for_lock: bool = False
     id: int = 0
     granted: int = 0
     #: monotonic time after which the server may have expired the lease
@@ -497,10 +501,19 @@ class EtcdStore(Store):
         if not url.hosts:
             raise ConfigurationError(f"{url}: an etcd URL needs at least one host[:port]")
         targets = [str(h.with_default_port(DEFAULT_PORT)) for h in url.hosts]
+        # Watch streams, watches and lock waiters' calls, stopped on close; changed by user
+        # threads, watch threads and close() at once, so only under this lock.
+        self._registry = threading.Lock()
         self._streams: set[_WatchStream] = set()
         self._watches: set[Watch[Any]] = set()
         self._waits: set[Any] = set()  # gRPC calls of lock waiters, cancelled on close
+        #: leases of TTL keys, one per TTL
         self._leases: dict[int, _Lease] = {}
+        #: one lease per lock acquisition (see _EtcdLock)
+        self._lock_leases: set[_Lease] = set()
+        #: leases given up while etcd could not be reached: lease ID -> when etcd surely
+        #: expired it; the keeper revokes them until then, so their keys go sooner
+        self._abandoned: dict[int, float] = {}
         self._lease_lock = threading.RLock()
         self._stop = threading.Event()
         self._keeper: threading.Thread | None = None
@@ -510,9 +523,17 @@ class EtcdStore(Store):
     # -- helpers ---------------------------------------------------------------------------
 
     def _call(
-        self, what: str, method: str, request: Any, stub: str = "kv", conditional: bool = False
+        self,
+        what: str,
+        method: str,
+        request: Any,
+        stub: str = "kv",
+        conditional: bool = False,
+        deadline: float | None = None,
     ) -> Any:
-        return self._client.call(what, stub, method, request, conditional=conditional)
+        return self._client.call(
+            what, stub, method, request, conditional=conditional, deadline=deadline
+        )
 
     def _key(self, key: str) -> bytes:
         return _b(self._path(key))
@@ -672,8 +693,14 @@ class EtcdStore(Store):
     # -- watches ---------------------------------------------------------------------------
 
     def _start_watch(self, watch: Watch[Any], stream: _WatchStream) -> None:
-        self._watches.add(watch)
+        with self._registry:
+            self._watches.add(watch)
         stream.start()
+
+    def _watch_closed(self, watch: Watch[Any], stream: _WatchStream) -> None:
+        stream.stop()
+        with self._registry:
+            self._watches.discard(watch)
 
     def _watch(self, key: str) -> Watch[KVPair | None]:
         path = self._key(key)
@@ -684,8 +711,7 @@ class EtcdStore(Store):
         stream: _WatchStream
 
         def closed() -> None:
-            stream.stop()
-            self._watches.discard(watch)
+            self._watch_closed(watch, stream)
 
         watch: Watch[KVPair | None] = Watch(f"{what} on {self}", on_close=closed)
         watch._emit(current)
@@ -729,8 +755,7 @@ class EtcdStore(Store):
             watch._emit([snapshot[k] for k in sorted(snapshot)])
 
         def closed() -> None:
-            stream.stop()
-            self._watches.discard(watch)
+            self._watch_closed(watch, stream)
 
         watch: Watch[list[KVPair]] = Watch(f"{what} on {self}", on_close=closed)
         emit()
@@ -767,8 +792,17 @@ class EtcdStore(Store):
 
     # -- leases ----------------------------------------------------------------------------
 
+    def _ensure_keeper(self) -> None:
+        """Start the keepalive thread (with ``_lease_lock`` held)."""
+        if self._keeper is None:
+            self._keeper = threading.Thread(
+                target=self._keep_alive, name=f"pykv-etcd-leases-{self}", daemon=True
+            )
+            self._keeper.start()
+
     def _lease(self, ttl: float) -> _Lease:
-        """The store's lease for ``ttl`` (whole seconds, rounded up), granted on first use."""
+        """The store's lease of TTL keys for ``ttl`` (whole seconds, rounded up), granted on
+        first use."""
         seconds = max(1, math.ceil(ttl))
         with self._lease_lock:
             self._check_open()
@@ -778,12 +812,60 @@ class EtcdStore(Store):
                 self._grant(lease)
                 self._leases[seconds] = lease
                 self._keeper_wake.set()
-            if self._keeper is None:
-                self._keeper = threading.Thread(
-                    target=self._keep_alive, name=f"pykv-etcd-leases-{self}", daemon=True
-                )
-                self._keeper.start()
+            self._ensure_keeper()
             return lease
+
+    def _lock_lease(self, ttl: float, deadline: float) -> _Lease:
+        """A new lease for one lock acquisition, kept alive until it is dropped.
+
+        Locks never share a lease: a lease whose renewal is overdue may have expired in etcd
+        already, so a lock must never be granted on it, and a lock whose release fails can
+        let its lease go without taking other keys or locks with it."""
+        self._check_open()
+        lease = _Lease(max(1, math.ceil(ttl)), for_lock=True)
+        self._grant(lease, deadline)
+        with self._lease_lock:
+            closing = self._stop.is_set()
+            if not closing:
+                self._lock_leases.add(lease)
+                self._ensure_keeper()
+        if closing:  # close() ran meanwhile and revoked every lease it knew of
+            with contextlib.suppress(PyKVError):
+                self._drop_lease(lease, time.monotonic() + min(self.timeout, 1.0))
+            self._check_open()
+        self._keeper_wake.set()
+        return lease
+
+    def _drop_lease(self, lease: _Lease, deadline: float) -> None:
+        """Stop renewing a lock's lease and revoke it, which deletes its keys (the lock key and
+        the queue key) at once. When etcd cannot be reached by ``deadline`` the error is
+        raised, and the lease is abandoned: the keeper goes on revoking it until etcd has
+        surely expired it, at the latest one TTL after its last renewal."""
+        with self._lease_lock:
+            self._lock_leases.discard(lease)
+        try:
+            self._call(
+                "revoke a lease",
+                "LeaseRevoke",
+                etcdrpc.LeaseRevokeRequest(ID=lease.id),
+                stub="lease",
+                deadline=deadline,
+            )
+        except _LeaseGoneError:
+            pass  # expired, or revoked by an earlier attempt whose answer was lost
+        except PyKVError:
+            self._abandon_lease(lease)
+            raise
+
+    def _abandon_lease(self, lease: _Lease) -> None:
+        """Stop renewing a lock's lease; the keeper revokes it in the background."""
+        with self._lease_lock:
+            self._lock_leases.discard(lease)
+            if not self._stop.is_set():
+                # Renewals already sent may still land: give them one more TTL.
+                until = max(lease.expires, time.monotonic()) + lease.granted + self.ttl_slack
+                self._abandoned[lease.id] = until
+        self._keeper_wake.set()
 
     def _with_lease(self, lease: _Lease, call: Callable[[], T]) -> T:
         """Run ``call`` (which writes with ``lease.id``); if etcd no longer knows the lease,
@@ -795,10 +877,12 @@ class EtcdStore(Store):
             self._replace(lease, seen)
             return call()
 
-    def _grant(self, lease: _Lease) -> None:
+    def _grant(self, lease: _Lease, deadline: float | None = None) -> None:
         sent = time.monotonic()
         request = etcdrpc.LeaseGrantRequest(TTL=lease.ttl, ID=0)
-        response = self._call(f"grant a {lease.ttl} s lease", "LeaseGrant", request, stub="lease")
+        response = self._call(
+            f"grant a {lease.ttl} s lease", "LeaseGrant", request, stub="lease", deadline=deadline
+        )
         if response.error:
             raise UnavailableError(f"etcd refused a lease on {self}: {response.error}")
         lease.id, lease.granted = response.ID, response.TTL
@@ -808,16 +892,18 @@ class EtcdStore(Store):
     @staticmethod
     def _lost_at(lease: _Lease) -> float:
         """When the locks on ``lease`` must count as lost if it was not renewed: a margin
-        before the earliest moment etcd could expire it (our last renewal's send time + TTL)."""
+        before the earliest moment etcd could expire it (the send time of the last request
+        etcd confirmed, grant or renewal, plus the TTL)."""
         return lease.expires - max(0.5, lease.granted * 0.15)
 
-    def _renew(self, lease: _Lease) -> int:
-        """One LeaseKeepAlive round trip; returns the TTL etcd gave (0: the lease is gone)."""
+    def _renew(self, lease: _Lease, cap: float | None) -> int:
+        """One LeaseKeepAlive round trip; returns the TTL etcd gave (0: the lease is gone).
+        Gives up at ``cap``, when the keeper must be back to tell some lock it is lost."""
         client = self._client
         now = time.monotonic()
         deadline = now + min(self.timeout, max(0.5, lease.granted / 3))
-        if lease.locks and self._lost_at(lease) > now:
-            deadline = min(deadline, self._lost_at(lease))  # be back in time to tell the locks
+        if cap is not None:
+            deadline = max(min(deadline, cap), now + 0.05)
         backoff = 0.02
         while True:
             ep = client.endpoint()
@@ -852,35 +938,53 @@ class EtcdStore(Store):
 
     def _keep_alive(self) -> None:
         """The keepalive thread: renews every lease at a third of its TTL; re-creates the TTL
-        keys of a lease that expired anyway; marks locks on an uncertain lease lost."""
+        keys of a lease that expired anyway; marks the locks on a lease that may have expired
+        lost, in time, and lets that lease go; revokes abandoned leases."""
+        next_revoke = 0.0
         while not self._stop.is_set():
             with self._lease_lock:
-                leases = list(self._leases.values())
+                leases = [*self._leases.values(), *self._lock_leases]
+                abandoned = bool(self._abandoned)
             now = time.monotonic()
-            due = [lease.next_renewal for lease in leases]
-            due += [self._lost_at(lease) for lease in leases if any(x.held for x in lease.locks)]
+            # When some lock must be told it is lost; nothing may keep the keeper past it.
+            tell = [self._lost_at(x) - 0.1 for x in leases if any(k.held for k in x.locks)]
+            cap = min(tell) if tell else None
+            due = [lease.next_renewal for lease in leases] + tell
+            if abandoned:
+                due.append(next_revoke)
             wait = min([t - now for t in due] + [1.0])
             if wait > 0:
                 self._keeper_wake.wait(wait)
                 self._keeper_wake.clear()
                 continue
+            if abandoned and now >= next_revoke:
+                self._revoke_abandoned(cap)
+                next_revoke = time.monotonic() + 0.25
             for lease in leases:
                 if self._stop.is_set():
                     return
-                if lease.locks and time.monotonic() >= self._lost_at(lease) - 0.1:
-                    # Tell the holders before etcd can expire the lease and hand the locks on.
+                if lease.for_lock and time.monotonic() >= self._lost_at(lease) - 0.1:
+                    # Tell the holder before etcd can expire the lease and hand the lock on;
+                    # the lease is presumed dead from now on, even if a renewal comes through.
                     for lock in list(lease.locks):
                         lock._mark_lost("etcd could not be reached for nearly the lease's TTL")
+                    self._abandon_lease(lease)
+                    continue
                 if time.monotonic() < lease.next_renewal:
                     continue
                 sent = time.monotonic()
                 try:
-                    ttl = self._renew(lease)
+                    ttl = self._renew(lease, cap)
                     if ttl > 0:
                         lease.expires = sent + ttl
                         lease.next_renewal = sent + max(0.2, lease.granted / 3)
                         self._check_locks(lease)
                         self._recreate(lease)  # what a replacement could not write yet
+                    elif lease.for_lock:
+                        for lock in list(lease.locks):
+                            lock._mark_lost("its etcd lease expired")
+                        with self._lease_lock:
+                            self._lock_leases.discard(lease)
                     else:
                         self._replace(lease, lease.id)
                 except PyKVError as exc:
@@ -889,6 +993,32 @@ class EtcdStore(Store):
                 except Exception:  # keep the thread alive: TTL keys depend on it
                     log.exception("lease keepalive of %s failed", self)
                     lease.next_renewal = time.monotonic() + 1.0
+
+    def _revoke_abandoned(self, cap: float | None) -> None:
+        """One attempt to revoke each abandoned lease, forgotten once etcd surely expired it."""
+        with self._lease_lock:
+            items = list(self._abandoned.items())
+        for lease_id, until in items:
+            now = time.monotonic()
+            gone = now >= until
+            if not gone and not self._stop.is_set():
+                deadline = min(until, now + 0.5) if cap is None else min(until, now + 0.5, cap)
+                try:
+                    self._call(
+                        "revoke an abandoned lease",
+                        "LeaseRevoke",
+                        etcdrpc.LeaseRevokeRequest(ID=lease_id),
+                        stub="lease",
+                        deadline=max(deadline, now + 0.05),
+                    )
+                    gone = True
+                except _LeaseGoneError:
+                    gone = True
+                except PyKVError as exc:
+                    log.debug("revoking abandoned lease %x of %s failed: %s", lease_id, self, exc)
+            if gone:
+                with self._lease_lock:
+                    self._abandoned.pop(lease_id, None)
 
     def _check_locks(self, lease: _Lease) -> None:
         """With each renewal: a held lock whose key was deleted or overwritten is lost."""
@@ -909,14 +1039,11 @@ class EtcdStore(Store):
                 lock._lose("its key was overwritten")
 
     def _replace(self, lease: _Lease, seen: int) -> None:
-        """The lease ``seen`` expired while the store is open: a new one, and the TTL keys
-        back. Does nothing if another thread replaced it already."""
+        """The TTL keys' lease ``seen`` expired while the store is open: a new one, and the TTL
+        keys back. Does nothing if another thread replaced it already."""
         with self._lease_lock:
             if lease.id != seen:
                 return
-            for lock in list(lease.locks):
-                lock._mark_lost("its etcd lease expired")
-            lease.locks.clear()
             self._grant(lease)
             lease.missing = set(lease.keys)
         log.warning(
@@ -1022,7 +1149,8 @@ class EtcdStore(Store):
             call = ep.watch.Watch(
                 requests(), timeout=limit, metadata=(*client.metadata, ("hasleader", "true"))
             )
-            self._waits.add(call)
+            with self._registry:
+                self._waits.add(call)
             if self._stop.is_set():
                 return
             for response in call:
@@ -1043,7 +1171,8 @@ class EtcdStore(Store):
             done.set()
             if call is not None:
                 call.cancel()
-                self._waits.discard(call)
+                with self._registry:
+                    self._waits.discard(call)
 
     # -- closing ---------------------------------------------------------------------------
 
@@ -1052,7 +1181,11 @@ class EtcdStore(Store):
         # timeout per lock and lease: etcd expires the leases (and so the keys) by itself.
         reachable = True
         with self._lease_lock:
-            locks = [lock for lease in self._leases.values() for lock in lease.locks]
+            locks = [
+                lock
+                for lease in (*self._leases.values(), *self._lock_leases)
+                for lock in lease.locks
+            ]
         for lock in locks:
             if not reachable:
                 lock._mark_lost("the store was closed while etcd could not be reached")
@@ -1065,18 +1198,22 @@ class EtcdStore(Store):
                 pass
         self._stop.set()
         self._keeper_wake.set()
-        for call in list(self._waits):
+        with self._registry:
+            waits, watches, streams = list(self._waits), list(self._watches), list(self._streams)
+        for call in waits:
             call.cancel()
-        for watch in list(self._watches):
+        for watch in watches:
             watch.close()
-        for stream in list(self._streams):
+        for stream in streams:
             stream.stop()
         if self._keeper is not None and self._keeper is not threading.current_thread():
             self._keeper.join(timeout=self.timeout)
         try:
             with self._lease_lock:
-                leases = list(self._leases.values())
+                leases = [*self._leases.values(), *self._lock_leases]
                 self._leases.clear()
+                self._lock_leases.clear()
+                self._abandoned.clear()
             for lease in leases if reachable else ():  # revoking deletes the TTL keys at once
                 with contextlib.suppress(PyKVError):
                     self._call(
@@ -1092,7 +1229,11 @@ class EtcdStore(Store):
 class _EtcdLock(Lock):
     """A lock on ``key``: contenders queue as keys under the lock namespace, ordered by create
     revision; the head of the queue creates the lock key (holding the value) and its create
-    revision is the fencing token. Each waiter watches only its predecessor."""
+    revision is the fencing token. Each waiter watches only its predecessor.
+
+    Each acquisition has a lease of its own for its queue key and lock key: revoking it is
+    the release (and the cleanup after a timeout), and a release that cannot reach etcd lets
+    the lease go, so that etcd deletes both keys within the TTL."""
 
     store: EtcdStore
 
@@ -1106,49 +1247,79 @@ class _EtcdLock(Lock):
     def _acquire(self, timeout: float | None) -> int | None:
         store = self.store
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._queue_key = self._queue_prefix + uuid.uuid4().hex.encode()
+
+        def call_deadline() -> float:
+            # Calls end with the wait (but get half a second at least, so that a zero timeout
+            # still tries once).
+            now = time.monotonic()
+            limit = now + store.timeout
+            return limit if deadline is None else min(limit, max(deadline, now + 0.5))
+
+        def expired() -> bool:
+            return deadline is not None and time.monotonic() >= deadline
+
         acquired = False
         try:
-            lease, response = self._enqueue()
-            if response.succeeded:  # nobody queued, nobody held it: ours in one round trip
-                acquired = True
-                return self._held_at(int(response.header.revision), lease)
+            response: Any = None
             while True:
+                if response is None:  # queue up on a new lease
+                    response = self._enqueue(call_deadline())
+                    if response is None:
+                        if expired():
+                            return None
+                        continue
+                    if response.succeeded:  # nobody queued, nobody held it: ours at once
+                        token = self._granted(int(response.header.revision))
+                        if token is not None:
+                            acquired = True
+                            return token
+                        response = None
+                        if expired():
+                            return None
+                        continue
+                lease = self._lease
+                assert lease is not None
                 at = int(response.header.revision)
                 queue = response.responses[-2].response_range.kvs
                 holder = response.responses[-1].response_range.kvs
                 mine = next((kv.create_revision for kv in queue if kv.key == self._queue_key), 0)
                 earlier = [kv for kv in queue if kv.create_revision < mine]
                 if not mine:  # our lease expired meanwhile: queue again
-                    lease, response = self._enqueue()
-                    if response.succeeded:
-                        acquired = True
-                        return self._held_at(int(response.header.revision), lease)
+                    response = None
+                    if expired():
+                        return None
                     continue
                 if earlier:
                     wait_for = max(earlier, key=lambda kv: kv.create_revision).key
                 elif holder and holder[0].lease == lease.id and holder[0].create_revision >= mine:
                     # Our own claim, whose answer was lost and the call retried.
-                    acquired = True
-                    return self._held_at(int(holder[0].create_revision), lease)
-                elif holder:  # a holder that lost its queue entry, or a plain value
-                    wait_for = self._path
-                else:
-                    token = self._claim(lease, mine)
+                    token = self._granted(int(holder[0].create_revision))
                     if token is not None:
                         acquired = True
                         return token
-                    response = self._read()
+                    response = None
                     continue
-                if deadline is not None and time.monotonic() >= deadline:
+                elif holder:  # a holder that lost its queue entry, or a plain value
+                    wait_for = self._path
+                else:
+                    claimed = self._claim(mine, call_deadline())
+                    if claimed is not None:
+                        token = self._granted(claimed)
+                        if token is not None:
+                            acquired = True
+                            return token
+                        response = None
+                        continue
+                    response = self._read(call_deadline())
+                    continue
+                if expired():
                     return None
                 store._wait_deleted(wait_for, at, deadline)
                 store._check_open()
-                response = self._read()
+                response = self._read(call_deadline())
         finally:
             if not acquired:
-                with contextlib.suppress(PyKVError):
-                    self._abandon()
+                self._let_go(min(store.timeout, 1.0))
 
     def _queue_ops(self) -> list[Any]:
         """Read the queue (oldest first) and the lock key, in one transaction."""
@@ -1165,37 +1336,42 @@ class _EtcdLock(Lock):
             etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=self._path, keys_only=True)),
         ]
 
-    def _enqueue(self) -> tuple[_Lease, Any]:
-        """Queue up (our queue key, with the lease) and, when the queue is empty and the lock
-        key absent, create the lock key in the same transaction."""
+    def _enqueue(self, deadline: float) -> Any:
+        """Queue up on a new lease (our queue key, attached to it) and, when the queue is
+        empty and the lock key absent, create the lock key in the same transaction. None when
+        the new lease was gone before the transaction (queue again)."""
         store = self.store
-        lease = store._lease(self.ttl)
+        self._let_go(min(store.timeout, 1.0))  # an earlier lease of this acquisition
+        self._queue_key = self._queue_prefix + uuid.uuid4().hex.encode()
+        lease = store._lock_lease(self.ttl, deadline)
         self._lease = lease
+        queue_up = etcdrpc.RequestOp(
+            request_put=etcdrpc.PutRequest(key=self._queue_key, lease=lease.id)
+        )
+        claim = etcdrpc.PutRequest(key=self._path, value=self.value, lease=lease.id)
+        request = etcdrpc.TxnRequest(
+            compare=[
+                _absent(self._path),
+                # Over a range: true when no key is in it (etcd compares with an empty key).
+                _absent(self._queue_prefix, _range_end(self._queue_prefix)),
+            ],
+            success=[queue_up, etcdrpc.RequestOp(request_put=claim)],
+            failure=[queue_up, *self._queue_ops()],
+        )
+        try:
+            return store._call(f"lock {self.key!r}", "Txn", request, deadline=deadline)
+        except _LeaseGoneError:
+            return None
 
-        def txn() -> Any:
-            queue_up = etcdrpc.RequestOp(
-                request_put=etcdrpc.PutRequest(key=self._queue_key, lease=lease.id)
-            )
-            claim = etcdrpc.PutRequest(key=self._path, value=self.value, lease=lease.id)
-            request = etcdrpc.TxnRequest(
-                compare=[
-                    _absent(self._path),
-                    # Over a range: true when no key is in it (etcd compares with an empty key).
-                    _absent(self._queue_prefix, _range_end(self._queue_prefix)),
-                ],
-                success=[queue_up, etcdrpc.RequestOp(request_put=claim)],
-                failure=[queue_up, *self._queue_ops()],
-            )
-            return store._call(f"lock {self.key!r}", "Txn", request)
-
-        return lease, store._with_lease(lease, txn)
-
-    def _read(self) -> Any:
+    def _read(self, deadline: float) -> Any:
         request = etcdrpc.TxnRequest(success=self._queue_ops())
-        return self.store._call(f"lock {self.key!r}", "Txn", request)
+        return self.store._call(f"lock {self.key!r}", "Txn", request, deadline=deadline)
 
-    def _claim(self, lease: _Lease, mine: int) -> int | None:
-        """Create the lock key if it is absent and we are still queued; the token on success."""
+    def _claim(self, mine: int, deadline: float) -> int | None:
+        """Create the lock key if it is absent and we are still queued: the revision of the
+        write on success."""
+        lease = self._lease
+        assert lease is not None
         request = etcdrpc.TxnRequest(
             compare=[
                 _absent(self._path),
@@ -1212,88 +1388,65 @@ class _EtcdLock(Lock):
                 )
             ],
         )
-        response = self.store._call(f"lock {self.key!r}", "Txn", request)
-        if not response.succeeded:
-            return None
-        return self._held_at(int(response.header.revision), lease)
+        try:
+            response = self.store._call(f"lock {self.key!r}", "Txn", request, deadline=deadline)
+        except _LeaseGoneError:
+            return None  # the next read finds our queue key gone and queues again
+        return int(response.header.revision) if response.succeeded else None
 
-    def _abandon(self) -> None:
-        """Leave the queue after a timeout or an error, and drop the lock key too if a claim of
-        ours went through unseen (it then has our queue key's create revision, or a later one
-        with our lease while we head the queue)."""
+    def _granted(self, token: int) -> int | None:
+        """The lock key was created on our lease: the token, unless the lease may have expired
+        in etcd meanwhile (its renewal is overdue, or the keeper let it go). Then the hold is
+        not safe, even if the write went through: let that lease go and queue again."""
         store = self.store
-        state = self._read()
-        queue = state.responses[0].response_range.kvs
-        mine = next((kv.create_revision for kv in queue if kv.key == self._queue_key), 0)
-        if not mine:
-            return
-        holder = state.responses[1].response_range.kvs
-        ops = [
-            etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=self._queue_key))
-        ]
-        compare = []
-        if (
-            holder
-            and self._lease is not None
-            and holder[0].lease == self._lease.id
-            and holder[0].create_revision >= mine
-            and not any(kv.create_revision < mine for kv in queue)
-        ):
-            compare = [
-                etcdrpc.Compare(
-                    key=self._path,
-                    target=etcdrpc.Compare.CREATE,
-                    result=etcdrpc.Compare.EQUAL,
-                    create_revision=holder[0].create_revision,
-                )
-            ]
-            ops.append(
-                etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=self._path))
+        lease = self._lease
+        assert lease is not None
+        with store._lease_lock:
+            # Headroom before the keeper's own deadline for telling the lock it is lost.
+            fresh = lease in store._lock_leases and time.monotonic() < store._lost_at(lease) - 0.3
+            if fresh:
+                # Held from here on for _mark_lost, so that the keeper can tell the lock at
+                # once, even before acquire() returns.
+                self._held = True
+                lease.locks.add(self)
+        if not fresh:
+            log.warning(
+                "lock %r on %s: the lease went overdue while acquiring; queueing again",
+                self.key,
+                store,
             )
-        request = etcdrpc.TxnRequest(compare=compare, success=ops, failure=ops[:1])
-        store._call(f"unlock {self.key!r}", "Txn", request)
-
-    def _held_at(self, token: int, lease: _Lease) -> int:
-        with self.store._lease_lock:
-            lease.locks.add(self)
+            self._let_go(min(store.timeout, 1.0))
+            return None
+        store._keeper_wake.set()  # its deadline now counts for the keeper
         return token
+
+    def _let_go(self, budget: float) -> None:
+        """Revoke this acquisition's lease (its queue key and any claim go with it), leaving
+        it to the keeper if etcd does not answer within ``budget``."""
+        lease, self._lease = self._lease, None
+        if lease is None:
+            return
+        with contextlib.suppress(PyKVError):
+            self.store._drop_lease(lease, time.monotonic() + budget)
 
     def _lose(self, reason: str) -> None:
         """Mark the lock lost, then let the next waiter in: the holder has been told."""
         self._mark_lost(reason)
-        with contextlib.suppress(PyKVError):
-            self.store._call(
-                f"unlock {self.key!r}",
-                "DeleteRange",
-                etcdrpc.DeleteRangeRequest(key=self._queue_key),
-            )
+        lease = self._lease
+        if lease is not None:
+            self.store._abandon_lease(lease)  # the keeper revokes it
 
     def _release(self) -> None:
         store = self.store
-        lease = self._lease
-        if lease is not None:
-            with store._lease_lock:
-                lease.locks.discard(self)
-        token = self.token or 0
-        request = etcdrpc.TxnRequest(
-            compare=[
-                etcdrpc.Compare(
-                    key=self._path,
-                    target=etcdrpc.Compare.CREATE,
-                    result=etcdrpc.Compare.EQUAL,
-                    create_revision=token,
-                )
-            ],
-            success=[
-                etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=self._path)),
-                etcdrpc.RequestOp(
-                    request_delete_range=etcdrpc.DeleteRangeRequest(key=self._queue_key)
-                ),
-            ],
-            failure=[
-                etcdrpc.RequestOp(
-                    request_delete_range=etcdrpc.DeleteRangeRequest(key=self._queue_key)
-                )
-            ],
-        )
-        store._call(f"unlock {self.key!r}", "Txn", request)
+        lease, self._lease = self._lease, None
+        if lease is None:
+            return
+        with store._lease_lock:
+            lease.locks.discard(self)
+        try:
+            store._drop_lease(lease, time.monotonic() + store.timeout)
+        except PyKVError as exc:
+            raise type(exc)(
+                f"{exc}; the lease was let go, so etcd deletes the lock key within "
+                f"{lease.granted} s"
+            ) from exc
