@@ -16,6 +16,7 @@ from ._defaults import default_store_url
 from ._errors import (
     ConfigurationError,
     InvalidKeyError,
+    InvalidRevisionError,
     InvalidURLError,
     KeyExistsError,
     KeyModifiedError,
@@ -32,7 +33,7 @@ from ._errors import (
 )
 from ._options import StoreOptions, TLSOptions
 from ._registry import available_backends, load_backend, open_store
-from ._store import Capability, KVPair, Lock, Store, Watch
+from ._store import Capability, KVPair, Lock, Store, TreeChange, Watch
 from ._url import Host, StoreURL
 
 __version__ = "0.1.0"
@@ -42,6 +43,7 @@ __all__ = [
     "ConfigurationError",
     "Host",
     "InvalidKeyError",
+    "InvalidRevisionError",
     "InvalidURLError",
     "KVPair",
     "KeyExistsError",
@@ -58,6 +60,7 @@ __all__ = [
     "StoreOptions",
     "StoreURL",
     "TLSOptions",
+    "TreeChange",
     "UnavailableError",
     "UnknownBackendError",
     "Watch",

@@ -9,6 +9,7 @@ specific class below and keeps the original as ``__cause__``::
     │   ├── InvalidURLError         the URL cannot be parsed
     │   └── UnknownBackendError     no installed backend serves the URL's scheme
     ├── InvalidKeyError             the key breaks the key rules; raised before any I/O
+    ├── InvalidRevisionError        a watch's ``since`` is not an int >= 0 (also ValueError)
     ├── KeyNotFoundError            get/list/atomic_* on a key that does not exist
     ├── KeyExistsError              atomic_put(previous=None) on a key that exists
     ├── KeyModifiedError            atomic_* whose previous revision is stale
@@ -26,6 +27,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigurationError",
     "InvalidKeyError",
+    "InvalidRevisionError",
     "InvalidURLError",
     "KeyExistsError",
     "KeyModifiedError",
@@ -60,6 +62,11 @@ class UnknownBackendError(ConfigurationError):
 
 class InvalidKeyError(PyKVError, ValueError):
     """A key breaks the key rules (empty, ``..`` segment, control character, too long)."""
+
+
+class InvalidRevisionError(PyKVError, ValueError, TypeError):
+    """A revision argument (a watch's ``since``) is not an int >= 0. Raised before any I/O;
+    it is a :class:`ValueError` for a negative int and a :class:`TypeError` for a non-int."""
 
 
 class KeyNotFoundError(PyKVError, KeyError):

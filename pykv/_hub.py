@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from ._store import KVPair, Watch
 
-__all__ = ["Change", "WatchHub"]
+__all__ = ["Change", "WatchHub", "below"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +35,7 @@ class Change:
         return self.seq or self.revision
 
 
-def _below(path: str, prefix: str) -> bool:
+def below(path: str, prefix: str) -> bool:
     return prefix == "" or path.startswith(prefix + "/")
 
 
@@ -148,7 +148,7 @@ class WatchHub:
             touched = False
             seen_up_to = tw.after  # one write may change several keys at one position
             for ch in batch:
-                if ch.position <= seen_up_to or not _below(ch.path, tw.prefix):
+                if ch.position <= seen_up_to or not below(ch.path, tw.prefix):
                     continue
                 tw.after = max(tw.after, ch.position)
                 rel = ch.path[tw.strip :]
