@@ -490,6 +490,7 @@ class EtcdStore(Store):
     #: Lease TTLs are whole seconds (rounded up; etcd's minimum is 2 s with default tuning) and
     #: etcd looks for expired leases every 0.5 s.
     ttl_slack: ClassVar[float] = 2.0
+    since_exact: ClassVar[bool] = True
     options: EtcdOptions
 
     def __init__(self, url: StoreURL, options: EtcdOptions) -> None:
@@ -670,6 +671,23 @@ class EtcdStore(Store):
             self._raise_conflict(key, previous, response)
 
     # -- watches ---------------------------------------------------------------------------
+
+    def _changed_since(self, key: str, since: int, *, tree: bool) -> bool | None:
+        # Every key there now is unchanged since `since` (the core checked): compare the keys
+        # at `since` with today's. A compacted `since` fails the historical read: resync.
+        what = f"watch({key!r}, since={since})"
+        start, end = self._tree_range(key) if tree else (self._key(key), b"")
+        now = self._call(
+            what, "Range", etcdrpc.RangeRequest(key=start, range_end=end, keys_only=True)
+        )
+        if since >= now.header.revision:
+            return False
+        then = self._call(
+            what,
+            "Range",
+            etcdrpc.RangeRequest(key=start, range_end=end, keys_only=True, revision=since),
+        )
+        return {kv.key for kv in then.kvs} != {kv.key for kv in now.kvs}
 
     def _start_watch(self, watch: Watch[Any], stream: _WatchStream) -> None:
         self._watches.add(watch)
