@@ -13,8 +13,9 @@ A backend's conformance module is a fixture and a few lines::
 Each test opens its stores below its own random prefix and deletes that tree afterwards. The
 classes are grouped by capability (:class:`KeyValueTests`, :class:`ListTests`,
 :class:`AtomicTests`, :class:`WatchTests`, :class:`WatchTreeTests`,
-:class:`ResumeWatchTests`, :class:`TTLTests`, :class:`LockTests`, :class:`MultiClientTests`); a test needing a capability the backend does not
-declare is skipped with that reason, while a declared capability that fails is a failure.
+:class:`ResumeWatchTests`, :class:`TTLTests`, :class:`LockTests`, :class:`MultiClientTests`);
+a test needing a capability the backend does not declare is skipped with that reason, while a
+declared capability that fails is a failure.
 
 Class attributes tune the suite for a backend: ``ttl`` (seconds used for TTL keys and locks)
 and ``extra_slack`` (seconds added to the backend's declared ``ttl_slack`` in waits).
