@@ -685,7 +685,8 @@ class EtcdStore(Store):
         then = self._call(
             what,
             "Range",
-            etcdrpc.RangeRequest(key=start, range_end=end, keys_only=True, revision=since),
+            # revision 0 would mean "now"; revision 1 is the empty store etcd starts from
+            etcdrpc.RangeRequest(key=start, range_end=end, keys_only=True, revision=max(since, 1)),
         )
         return {kv.key for kv in then.kvs} != {kv.key for kv in now.kvs}
 
