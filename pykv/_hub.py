@@ -57,8 +57,8 @@ class _TreeWatch:
     after: int
     snapshot: dict[str, KVPair] = field(default_factory=dict)
 
-    def emit(self) -> None:
-        self.watch._emit([self.snapshot[k] for k in sorted(self.snapshot)])
+    def emit(self, resynced: bool = False) -> None:
+        self.watch._emit([self.snapshot[k] for k in sorted(self.snapshot)], resynced)
 
 
 class WatchHub:
@@ -178,7 +178,8 @@ class WatchHub:
                 continue
             kw.delivered = seen
             kw.watch._emit(
-                None if pair is None else KVPair(kw.path[kw.strip :], pair.value, pair.revision)
+                None if pair is None else KVPair(kw.path[kw.strip :], pair.value, pair.revision),
+                resynced=True,
             )
         for tw in trees:
             snap = {p.key[tw.strip :]: p for p in read_tree(tw.prefix)}
@@ -186,7 +187,7 @@ class WatchHub:
             tw.after = revision
             if fresh != tw.snapshot:
                 tw.snapshot = fresh
-                tw.emit()
+                tw.emit(resynced=True)
 
     def fail_all(self, error: BaseException) -> None:
         with self._lock:

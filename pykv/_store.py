@@ -169,7 +169,9 @@ class Watch(Closing, Generic[T]):
 
     :attr:`resynced` tells whether the event last returned by :meth:`get` (or the iteration)
     is a resync: the current state delivered because the backend could not tell what changed
-    since the ``since`` revision the watch was opened with (see :meth:`Store.watch`).
+    since the ``since`` revision the watch was opened with (see :meth:`Store.watch`), or, on
+    the backends that know it (etcd v3 compaction, sqlite), a re-read after the watch lost
+    track of the backend's change history mid-stream.
 
     Drivers feed a watch with :meth:`_emit` and :meth:`_fail` from their own threads.
     """

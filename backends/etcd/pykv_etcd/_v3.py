@@ -709,10 +709,10 @@ class EtcdStore(Store):
         watch: Watch[KVPair | None] = Watch(f"{what} on {self}", on_close=closed)
         watch._emit(current)
 
-        def deliver(pair: KVPair | None) -> None:
+        def deliver(pair: KVPair | None, resynced: bool = False) -> None:
             if pair != last[0]:  # a compaction re-read may find what was delivered already
                 last[0] = pair
-                watch._emit(pair)
+                watch._emit(pair, resynced)
 
         def on_events(events: Sequence[Any]) -> None:
             for ev in events:
@@ -720,7 +720,7 @@ class EtcdStore(Store):
 
         def on_compacted() -> int:
             reread = self._call(what, "Range", etcdrpc.RangeRequest(key=path))
-            deliver(self._pair(reread.kvs[0]) if reread.kvs else None)
+            deliver(self._pair(reread.kvs[0]) if reread.kvs else None, resynced=True)
             return int(reread.header.revision)
 
         stream = _WatchStream(
@@ -744,8 +744,8 @@ class EtcdStore(Store):
         snapshot: dict[bytes, KVPair] = {kv.key: self._pair(kv) for kv in response.kvs}
         stream: _WatchStream
 
-        def emit() -> None:
-            watch._emit([snapshot[k] for k in sorted(snapshot)])
+        def emit(resynced: bool = False) -> None:
+            watch._emit([snapshot[k] for k in sorted(snapshot)], resynced)
 
         def closed() -> None:
             stream.stop()
@@ -768,7 +768,7 @@ class EtcdStore(Store):
             if fresh != snapshot:
                 snapshot.clear()
                 snapshot.update(fresh)
-                emit()
+                emit(resynced=True)
             return int(reread.header.revision)
 
         stream = _WatchStream(
