@@ -17,6 +17,7 @@ from ._errors import (
     ConfigurationError,
     InvalidArgumentError,
     InvalidKeyError,
+    InvalidRevisionError,
     InvalidTypeError,
     InvalidURLError,
     KeyExistsError,
@@ -35,7 +36,7 @@ from ._errors import (
 )
 from ._options import StoreOptions, TLSOptions
 from ._registry import available_backends, load_backend, open_store
-from ._store import Capability, KVPair, Lock, Store, Watch
+from ._store import Capability, KVPair, Lock, Store, TreeChange, Watch
 from ._url import Host, StoreURL
 from ._version import __version__
 
@@ -45,6 +46,7 @@ __all__ = [
     "Host",
     "InvalidArgumentError",
     "InvalidKeyError",
+    "InvalidRevisionError",
     "InvalidTypeError",
     "InvalidURLError",
     "KVPair",
@@ -62,6 +64,7 @@ __all__ = [
     "StoreOptions",
     "StoreURL",
     "TLSOptions",
+    "TreeChange",
     "UnavailableError",
     "UnknownBackendError",
     "Watch",

@@ -11,6 +11,7 @@ specific class below and keeps the original as ``__cause__``::
     ├── InvalidArgumentError        a bad argument (also a ValueError): a TTL or timeout that
     │   │                           is not a finite positive number within bounds, bad text
     │   ├── InvalidKeyError         the key breaks the key rules; raised before any I/O
+    │   ├── InvalidRevisionError    a watch's ``since`` is not an int >= 0 (also a TypeError)
     │   └── InvalidTypeError        an argument of the wrong type (also a TypeError)
     ├── KeyNotFoundError            get/list/atomic_* on a key that does not exist
     ├── KeyExistsError              atomic_put(previous=None) on a key that exists
@@ -32,6 +33,7 @@ __all__ = [
     "ConfigurationError",
     "InvalidArgumentError",
     "InvalidKeyError",
+    "InvalidRevisionError",
     "InvalidTypeError",
     "InvalidURLError",
     "KeyExistsError",
@@ -73,6 +75,11 @@ class InvalidArgumentError(PyKVError, ValueError):
 
 class InvalidKeyError(InvalidArgumentError):
     """A key breaks the key rules (empty, ``..`` segment, control character, too long)."""
+
+
+class InvalidRevisionError(InvalidArgumentError, TypeError):
+    """A revision argument (a watch's ``since``) is not an int >= 0. Raised before any I/O;
+    it is a :class:`ValueError` for a negative int and a :class:`TypeError` for a non-int."""
 
 
 class InvalidTypeError(InvalidArgumentError, TypeError):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from ._store import KVPair, Watch
 
-__all__ = ["Change", "WatchHub"]
+__all__ = ["Change", "WatchHub", "below"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +35,7 @@ class Change:
         return self.seq or self.revision
 
 
-def _below(path: str, prefix: str) -> bool:
+def below(path: str, prefix: str) -> bool:
     return prefix == "" or path.startswith(prefix + "/")
 
 
@@ -57,8 +57,8 @@ class _TreeWatch:
     after: int
     snapshot: dict[str, KVPair] = field(default_factory=dict)
 
-    def emit(self) -> None:
-        self.watch._emit([self.snapshot[k] for k in sorted(self.snapshot)])
+    def emit(self, resynced: bool = False) -> None:
+        self.watch._emit([self.snapshot[k] for k in sorted(self.snapshot)], resynced)
 
 
 class WatchHub:
@@ -148,7 +148,7 @@ class WatchHub:
             touched = False
             seen_up_to = tw.after  # one write may change several keys at one position
             for ch in batch:
-                if ch.position <= seen_up_to or not _below(ch.path, tw.prefix):
+                if ch.position <= seen_up_to or not below(ch.path, tw.prefix):
                     continue
                 tw.after = max(tw.after, ch.position)
                 rel = ch.path[tw.strip :]
@@ -178,7 +178,8 @@ class WatchHub:
                 continue
             kw.delivered = seen
             kw.watch._emit(
-                None if pair is None else KVPair(kw.path[kw.strip :], pair.value, pair.revision)
+                None if pair is None else KVPair(kw.path[kw.strip :], pair.value, pair.revision),
+                resynced=True,
             )
         for tw in trees:
             snap = {p.key[tw.strip :]: p for p in read_tree(tw.prefix)}
@@ -186,7 +187,7 @@ class WatchHub:
             tw.after = revision
             if fresh != tw.snapshot:
                 tw.snapshot = fresh
-                tw.emit()
+                tw.emit(resynced=True)
 
     def fail_all(self, error: BaseException) -> None:
         with self._lock:

@@ -12,10 +12,13 @@ Capabilities
     kv, atomic, ttl, watch, watch_tree, lock. Not shared between processes, not persistent.
     TTL keys live exactly as long as the store that wrote them; TTL slack is 0. Watch events
     are delivered synchronously by the writing thread, so they arrive within microseconds.
+    ``watch(since=)`` is exact: the last 1000 deletions of each name are remembered; a
+    ``since`` older than them resyncs.
 """
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from collections.abc import Iterable
@@ -23,12 +26,15 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ._errors import KeyExistsError, KeyModifiedError, KeyNotFoundError
-from ._hub import Change, WatchHub
+from ._hub import Change, WatchHub, below
 from ._options import StoreOptions
 from ._store import Capability, KVPair, Lock, Store, Watch
 from ._url import StoreURL
 
 __all__ = ["MemoryStore"]
+
+#: Deletions remembered per memory:// name for ``watch(since=)``; older ones are "compacted".
+HISTORY = 1000
 
 
 @dataclass(slots=True)
@@ -48,6 +54,9 @@ class _Space:
         self.lock_tokens: dict[str, int] = {}
         self.lock_holders: dict[str, _MemoryLock] = {}
         self.hubs: list[WatchHub] = []
+        #: (revision, path) of recent deletions, and the newest revision no longer in it
+        self.deletions: collections.deque[tuple[int, str]] = collections.deque()
+        self.forgotten = 0
 
     def next_revision(self) -> int:
         self.revision += 1
@@ -65,6 +74,9 @@ class _Space:
         for path in paths:
             if self.items.pop(path, None) is not None:
                 changes.append(Change(rev, path, None))
+                if len(self.deletions) >= HISTORY:
+                    self.forgotten = self.deletions.popleft()[0]
+                self.deletions.append((rev, path))
                 holder = self.lock_holders.get(path)
                 if holder is not None:
                     del self.lock_holders[path]
@@ -96,6 +108,7 @@ class MemoryStore(Store):
         }
     )
     options_class: ClassVar[type[StoreOptions]] = StoreOptions
+    since_exact: ClassVar[bool] = True
 
     def __init__(self, url: StoreURL, options: StoreOptions) -> None:
         super().__init__(url, options)
@@ -209,6 +222,16 @@ class MemoryStore(Store):
             ]
             return self._hub.add_tree(
                 f"watch_tree({prefix!r}) on {self}", base, strip, current, self._space.revision
+            )
+
+    def _changed_since(self, key: str, since: int, *, tree: bool) -> bool | None:
+        base = self._path(key)
+        with self._space.cond:
+            if since < self._space.forgotten:
+                return None
+            return any(
+                rev > since and (path == base if not tree else below(path, base))
+                for rev, path in self._space.deletions
             )
 
     def _lock(self, key: str, value: bytes, ttl: float) -> Lock:

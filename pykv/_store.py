@@ -50,6 +50,7 @@ import enum
 import logging
 import threading
 import time
+import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -57,10 +58,12 @@ from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
 from ._errors import (
     InvalidArgumentError,
+    InvalidRevisionError,
     InvalidTypeError,
     KeyNotFoundError,
     LockError,
     LockLostError,
+    OperationTimeoutError,
     PyKVError,
     UnavailableError,
     WatchClosedError,
@@ -73,7 +76,7 @@ from ._url import StoreURL
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["MAX_TTL", "Capability", "KVPair", "Lock", "Store", "Value", "Watch"]
+__all__ = ["MAX_TTL", "Capability", "KVPair", "Lock", "Store", "TreeChange", "Value", "Watch"]
 
 log = logging.getLogger("pykv")
 
@@ -113,6 +116,22 @@ def new_pair(key: str, value: bytes, revision: int) -> KVPair:
     _set_value(pair, value)
     _set_revision(pair, revision)
     return pair
+
+
+@dataclass(frozen=True, slots=True)
+class TreeChange:
+    """One event of ``watch_tree(prefix, events=True)``: what changed below the prefix.
+
+    ``added`` and ``modified`` hold the new pairs, ``removed`` the keys that are gone, each
+    sorted by key. When ``reset`` is True (the first event, and a resync), ``added`` is the
+    whole current state and the consumer drops every key it knew that is not in it;
+    ``modified`` and ``removed`` are then empty.
+    """
+
+    added: tuple[KVPair, ...] = ()
+    modified: tuple[KVPair, ...] = ()
+    removed: tuple[str, ...] = ()
+    reset: bool = False
 
 
 class Capability(str, enum.Enum):
@@ -174,13 +193,22 @@ class Watch(Closing, Generic[T]):
     :class:`TimeoutError` (which :meth:`get` raises only for "no event yet"), so a loop that
     retries on timeouts ends. :attr:`error` holds it. :meth:`close` ends the iteration.
 
+    :attr:`resynced` tells whether the event last returned by :meth:`get` (or the iteration)
+    is a resync: the current state delivered because the backend could not tell what changed
+    since the ``since`` revision the watch was opened with (see :meth:`Store.watch`), or, on
+    the backends that know it (etcd v3 compaction, sqlite), a re-read after the watch lost
+    track of the backend's change history mid-stream.
+
     Drivers feed a watch with :meth:`_emit` and :meth:`_fail` from their own threads.
     """
+
+    #: True when the event last returned is a resync (see :meth:`Store.watch`).
+    resynced: bool = False
 
     def __init__(self, description: str, on_close: Callable[[], None] | None = None) -> None:
         self.description = description
         self._on_close = on_close
-        self._events: collections.deque[T] = collections.deque()
+        self._events: collections.deque[tuple[T, bool]] = collections.deque()
         self._cond = threading.Condition()
         self._error: BaseException | None = None
         self._closed = False
@@ -213,7 +241,8 @@ class Watch(Closing, Generic[T]):
                 if remaining is not None and remaining <= 0:
                     raise WatchTimeoutError(f"no event on {self.description} within {timeout} s")
                 self._cond.wait(remaining)
-            return self._events.popleft()
+            event, self.resynced = self._events.popleft()
+            return event
 
     @property
     def error(self) -> BaseException | None:
@@ -265,13 +294,33 @@ class Watch(Closing, Generic[T]):
 
     # -- producer side (drivers) ---------------------------------------------------------
 
-    def _emit(self, event: T) -> None:
+    def _emit(self, event: T, resynced: bool = False) -> None:
         with self._cond:
             if self._closed:
                 return
-            self._events.append(event)
+            self._events.append((event, resynced))
             self._cond.notify_all()
         self._notify()
+
+    def _take_first(self, timeout: float) -> T:
+        """The first event, for :meth:`Store.watch`'s ``since`` rule (before any consumer)."""
+        with self._cond:
+            if not self._events:
+                self._cond.wait_for(
+                    lambda: bool(self._events) or self._closed or self._error is not None,
+                    timeout,
+                )
+            if not self._events:
+                if self._error is not None:
+                    raise self._error
+                raise OperationTimeoutError(f"no first event on {self.description} in {timeout} s")
+            return self._events.popleft()[0]
+
+    def _push_first(self, event: T, resynced: bool) -> None:
+        with self._cond:
+            if not self._closed:
+                self._events.appendleft((event, resynced))
+                self._cond.notify_all()
 
     def _fail(self, error: BaseException) -> None:
         """End the stream with ``error``: events already queued are delivered first.
@@ -438,6 +487,10 @@ class Store(Closing, abc.ABC):
     ttl_slack: ClassVar[float] = 0.0
     #: Whether the URL's path is the key prefix (network stores); False where it names a file.
     url_path_is_prefix: ClassVar[bool] = True
+    #: Whether ``watch(since=)`` and ``watch_tree(since=)`` always know if something changed
+    #: after ``since`` (until the backend's history is compacted); False: absent keys and
+    #: unchanged-looking trees start with a resync.
+    since_exact: ClassVar[bool] = False
 
     def __init__(self, url: StoreURL, options: StoreOptions) -> None:
         self.url = url
@@ -564,15 +617,89 @@ class Store(Closing, abc.ABC):
             raise InvalidTypeError(f"previous must be a KVPair, not {type(previous).__name__}")
         self._atomic_delete(normalize_key(key), previous)
 
-    def watch(self, key: str) -> Watch[KVPair | None]:
-        """Watch one key: first its current state (or None), then every change."""
-        self._check_open()
-        return self._watch(normalize_key(key))
+    def watch(self, key: str, *, since: int | None = None) -> Watch[KVPair | None]:
+        """Watch one key: first its current state (or None), then every change.
 
-    def watch_tree(self, prefix: str = "") -> Watch[builtins.list[KVPair]]:
-        """Watch everything below ``prefix``: full sorted snapshots, first the current one."""
+        ``since`` resumes a watch: pass the last revision the consumer has seen (a
+        :attr:`KVPair.revision`). The first event then comes only if the key changed after
+        that revision; a key whose revision is not above ``since`` has not changed, so the
+        watch stays silent until its next change. Where the backend cannot tell whether a key
+        that is absent now was deleted after ``since`` (no history, or history compacted),
+        the current state is delivered anyway with :attr:`Watch.resynced` set for that event,
+        so a change is never skipped silently. ``Watch.resynced`` is False for every other
+        event. States are compared, not write histories: a key created and deleted again
+        after ``since`` counts as unchanged where the backend sees only the net state.
+        Raises :class:`~pykv.InvalidRevisionError` unless ``since`` is an int >= 0.
+        """
         self._check_open()
-        return self._watch_tree(normalize_prefix(prefix))
+        k = normalize_key(key)
+        start = _check_since(since)
+        watch = self._watch(k)
+        if start is not None:
+            self._resume(watch, k, start, tree=False)
+        return watch
+
+    @typing.overload
+    def watch_tree(
+        self, prefix: str = "", *, since: int | None = None, events: typing.Literal[False] = False
+    ) -> Watch[builtins.list[KVPair]]: ...
+
+    @typing.overload
+    def watch_tree(
+        self, prefix: str = "", *, since: int | None = None, events: typing.Literal[True]
+    ) -> Watch[TreeChange]: ...
+
+    def watch_tree(
+        self, prefix: str = "", *, since: int | None = None, events: bool = False
+    ) -> Watch[builtins.list[KVPair]] | Watch[TreeChange]:
+        """Watch everything below ``prefix``: full sorted snapshots, first the current one.
+
+        ``since`` works as for :meth:`watch`: the first snapshot comes only if something
+        below the prefix was written or deleted after that revision (a pair's revision above
+        ``since`` proves it; a deletion needs the backend's history, and without it the
+        snapshot is delivered with :attr:`Watch.resynced` set).
+
+        ``events=True`` yields :class:`~pykv.TreeChange` events (added, modified and
+        removed keys) instead of snapshots, derived from successive snapshots so rapid
+        changes are still coalesced and the last state is always reached. The first event
+        (and every resync) has ``reset=True`` and the whole state in ``added``. With
+        ``since`` and nothing changed, the first event is the first change after ``since``,
+        as a delta.
+        """
+        self._check_open()
+        p = normalize_prefix(prefix)
+        start = _check_since(since)
+        watch = self._watch_tree(p)
+        known = None
+        if start is not None:
+            known = self._resume(watch, p, start, tree=True)
+        if not events:
+            return watch
+        return _ChangeWatch(watch, known)
+
+    def _resume(self, watch: Watch[T], key: str, since: int, *, tree: bool) -> T | None:
+        """Apply the ``since`` rule to a new watch's first event; return it when dropped."""
+        try:
+            first = watch._take_first(self.timeout)
+        except BaseException:
+            watch.close()
+            raise
+        changed: bool | None
+        if tree:
+            assert isinstance(first, builtins.list)
+            changed = True if any(p.revision > since for p in first) else None
+        else:
+            assert first is None or isinstance(first, KVPair)
+            changed = None if first is None else first.revision > since
+        if changed is None:
+            try:
+                changed = self._changed_since(key, since, tree=tree)
+            except PyKVError:  # only a refinement: without it the state is resynced
+                log.debug("changed-since check of %r on %s failed", key, self, exc_info=True)
+        if changed is False:
+            return first
+        watch._push_first(first, resynced=changed is None)
+        return None
 
     def lock(self, key: str, *, value: Value = b"", ttl: float = 15) -> Lock:
         """A :class:`Lock` on ``key`` (not yet held). ``value`` is readable at ``key`` while
@@ -631,11 +758,69 @@ class Store(Closing, abc.ABC):
     @abc.abstractmethod
     def _watch_tree(self, prefix: str) -> Watch[builtins.list[KVPair]]: ...
 
+    def _changed_since(self, key: str, since: int, *, tree: bool) -> bool | None:
+        """Whether ``key`` (or, with ``tree``, anything below the prefix ``key``) was written
+        or deleted after revision ``since``, up to now; None when the backend cannot tell.
+
+        The core asks this only after the watch's first event was read, and only when the
+        first event cannot answer by itself (the key is absent, or no pair in the snapshot is
+        newer than ``since``), so a deletion is the one thing left to detect. A backend with
+        change history overrides it; the default makes such watches start with a resync.
+        """
+        return None
+
     @abc.abstractmethod
     def _lock(self, key: str, value: bytes, ttl: float) -> Lock: ...
 
     @abc.abstractmethod
     def _close(self) -> None: ...
+
+
+class _ChangeWatch(Watch[TreeChange]):
+    """``watch_tree(events=True)``: the deltas between successive snapshots of a tree watch."""
+
+    def __init__(
+        self, snapshots: Watch[builtins.list[KVPair]], known: builtins.list[KVPair] | None
+    ) -> None:
+        super().__init__(f"{snapshots.description} (events)", on_close=snapshots.close)
+        self._snapshots = snapshots
+        self._known: dict[str, KVPair] | None = None if known is None else {p.key: p for p in known}
+        self._consumer = threading.Lock()
+
+    def get(self, timeout: float | None = None) -> TreeChange:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._consumer:
+            while True:
+                if self._closed:
+                    raise WatchClosedError(f"{self.description} is closed")
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                snapshot = self._snapshots.get(remaining)
+                resynced = self._snapshots.resynced
+                current = {p.key: p for p in snapshot}
+                known, self._known = self._known, current
+                if known is None or resynced:
+                    self.resynced = resynced
+                    return TreeChange(added=tuple(snapshot), reset=True)
+                change = TreeChange(
+                    added=tuple(p for p in snapshot if p.key not in known),
+                    modified=tuple(p for p in snapshot if p.key in known and known[p.key] != p),
+                    removed=tuple(k for k in sorted(known) if k not in current),
+                )
+                if change.added or change.modified or change.removed:
+                    self.resynced = False
+                    return change
+                # an identical snapshot (a write that changed nothing here): no event
+
+
+def _check_since(since: int | None) -> int | None:
+    if since is None:
+        return None
+    checked: object = since
+    if isinstance(checked, bool) or not isinstance(checked, int):
+        raise InvalidRevisionError(f"since must be an int revision, not {since!r}")
+    if checked < 0:
+        raise InvalidRevisionError(f"since must be a revision >= 0, not {since!r}")
+    return checked
 
 
 def _check_ttl(ttl: float | None) -> float | None:

@@ -12,15 +12,19 @@ A backend's conformance module is a fixture and a few lines::
 
 Each test opens its stores below its own random prefix and deletes that tree afterwards. The
 classes are grouped by capability (:class:`KeyValueTests`, :class:`ListTests`,
-:class:`AtomicTests`, :class:`WatchTests`, :class:`WatchTreeTests`, :class:`TTLTests`,
-:class:`LockTests`, :class:`MultiClientTests`); a test needing a capability the backend does not
-declare is skipped with that reason, while a declared capability that fails is a failure.
+:class:`AtomicTests`, :class:`WatchTests`, :class:`WatchTreeTests`,
+:class:`ResumeWatchTests`, :class:`TTLTests`, :class:`LockTests`, :class:`MultiClientTests`);
+a test needing a capability the backend does not declare is skipped with that reason, while a
+declared capability that fails is a failure.
 
 Class attributes tune the suite for a backend: ``ttl`` (seconds used for TTL keys and locks)
 and ``extra_slack`` (seconds added to the backend's declared ``ttl_slack`` in waits).
 
 :class:`FuzzTests` fuzzes keys, prefixes and values with hypothesis (which it needs; imported
 only when it is used); subclass it the same way and set ``fuzz_examples`` to taste.
+
+Override ``force_compaction(store)`` where the backend's change history can be forgotten on
+demand, so the resync rule of ``watch(since=)`` is tested (skipped otherwise).
 """
 
 from typing import TYPE_CHECKING, Any
@@ -40,6 +44,7 @@ from ._suite import (  # noqa: E402
     ListTests,
     LockTests,
     MultiClientTests,
+    ResumeWatchTests,
     TTLTests,
     WatchTests,
     WatchTreeTests,
@@ -61,6 +66,7 @@ __all__ = [
     "LockTests",
     "MultiClientTests",
     "RecipeTests",
+    "ResumeWatchTests",
     "TTLTests",
     "WatchTests",
     "WatchTreeTests",

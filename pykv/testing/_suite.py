@@ -20,6 +20,8 @@ from pykv import (
     KVPair,
     LockError,
     Store,
+    TreeChange,
+    Watch,
 )
 
 from ._support import ChildProcess, drain_until, wait_until
@@ -32,6 +34,7 @@ __all__ = [
     "ListTests",
     "LockTests",
     "MultiClientTests",
+    "ResumeWatchTests",
     "TTLTests",
     "WatchTests",
     "WatchTreeTests",
@@ -572,6 +575,185 @@ class WatchTreeTests(BaseStoreTests):
             )
 
 
+class ResumeWatchTests(BaseStoreTests):
+    """watch(since=), watch_tree(since=) and watch_tree(events=True)."""
+
+    #: Seconds a watch must stay silent to count as "no event".
+    quiet_time: ClassVar[float] = 1.0
+
+    def force_compaction(self, store: Store) -> None:
+        """Make the backend forget its change history up to now; skip where it cannot."""
+        pytest.skip(f"{type(store).__name__}: compaction cannot be forced in this suite")
+
+    def assert_quiet_or_resync(self, watch: Watch[Any], current: Any, store: Store) -> None:
+        """No first event, or (where the backend cannot tell) the current state, resynced."""
+        try:
+            event = watch.get(timeout=self.quiet_time)
+        except TimeoutError:
+            return
+        assert not store.since_exact, f"unexpected first event {event!r}"
+        assert watch.resynced, f"{event!r} is not the state since, and not marked resynced"
+        assert event == current
+
+    @pytest.mark.parametrize("since", [-1, 1.5, "3", True])
+    def test_since_must_be_a_revision(self, store: Store, since: Any) -> None:
+        self.require(store, Capability.WATCH, Capability.WATCH_TREE)
+        for call in (store.watch, store.watch_tree):
+            with pytest.raises(pykv.InvalidRevisionError) as info:
+                call("k", since=since)
+            assert isinstance(info.value, ValueError | TypeError)
+
+    def test_since_current_revision_waits_for_a_change(self, store: Store) -> None:
+        self.require(store, Capability.WATCH)
+        store.put("since/k", b"seen")
+        pair = store.get("since/k")
+        with store.watch("since/k", since=pair.revision) as watch:
+            with pytest.raises(TimeoutError):
+                watch.get(timeout=self.quiet_time)
+            store.put("since/k", b"new")
+            event = watch.get(timeout=self.event_timeout)
+            assert event is not None
+            assert event.value == b"new"
+            assert not watch.resynced
+
+    def test_since_older_revision_starts_with_current_state(self, store: Store) -> None:
+        self.require(store, Capability.WATCH)
+        store.put("since/k", b"old")
+        old = store.get("since/k")
+        store.put("since/k", b"newer")
+        with store.watch("since/k", since=old.revision) as watch:
+            assert watch.get(timeout=self.event_timeout) == store.get("since/k")
+            assert not watch.resynced
+
+    def test_since_then_deleted_starts_with_none(self, store: Store) -> None:
+        self.require(store, Capability.WATCH)
+        store.put("since/gone", b"1")
+        old = store.get("since/gone")
+        store.delete("since/gone")
+        with store.watch("since/gone", since=old.revision) as watch:
+            assert watch.get(timeout=self.event_timeout) is None
+            if store.since_exact:  # others may know (history) or resync (none, compacted)
+                assert not watch.resynced
+            store.put("since/gone", b"back")
+            event = drain_until(watch, lambda e: e is not None, self.event_timeout)
+            assert event is not None
+            assert event.value == b"back"
+            assert not watch.resynced
+
+    def test_since_on_a_key_never_written(self, store: Store) -> None:
+        self.require(store, Capability.WATCH)
+        store.put("since/other", b"1")
+        since = store.get("since/other").revision
+        with store.watch("since/never", since=since) as watch:
+            self.assert_quiet_or_resync(watch, None, store)
+            store.put("since/never", b"now")
+            event = drain_until(watch, lambda e: e is not None, self.event_timeout)
+            assert event is not None
+            assert event.value == b"now"
+
+    def test_tree_since_current_revision_waits_for_a_change(self, store: Store) -> None:
+        self.require(store, Capability.WATCH_TREE)
+        store.put("st/a", b"1")
+        store.put("st/b/c", b"2")
+        since = max(p.revision for p in store.list("st"))
+        with store.watch_tree("st", since=since) as watch:
+            self.assert_quiet_or_resync(watch, store.list("st"), store)
+            store.put("st/d", b"3")
+            snap = drain_until(watch, lambda s: len(s) == 3, self.event_timeout)
+            assert snap == store.list("st")
+            assert not watch.resynced
+
+    def test_tree_since_older_revision_starts_with_current_state(self, store: Store) -> None:
+        self.require(store, Capability.WATCH_TREE)
+        store.put("st/a", b"1")
+        since = store.get("st/a").revision
+        store.put("st/b", b"2")
+        with store.watch_tree("st", since=since) as watch:
+            assert watch.get(timeout=self.event_timeout) == store.list("st")
+            assert not watch.resynced
+
+    def test_tree_deletion_after_since_is_not_skipped(self, store: Store) -> None:
+        self.require(store, Capability.WATCH_TREE)
+        store.put("st/a", b"1")
+        store.put("st/b", b"2")
+        since = max(p.revision for p in store.list("st"))
+        store.delete("st/a")
+        with store.watch_tree("st", since=since) as watch:
+            snap = watch.get(timeout=self.event_timeout)
+            assert [p.key for p in snap] == ["st/b"]
+            if store.since_exact:  # others may know (history) or resync (none, compacted)
+                assert not watch.resynced
+
+    def test_compacted_history_resyncs(self, store: Store) -> None:
+        self.require(store, Capability.WATCH, Capability.WATCH_TREE)
+        store.put("sc/a", b"1")
+        store.put("sc/b", b"2")
+        since = max(p.revision for p in store.list("sc"))
+        store.delete("sc/a")
+        self.force_compaction(store)
+        with store.watch("sc/a", since=since) as watch:
+            assert watch.get(timeout=self.event_timeout) is None
+            assert watch.resynced
+        with store.watch_tree("sc", since=since) as tree:
+            assert tree.get(timeout=self.event_timeout) == store.list("sc")
+            assert tree.resynced
+
+    def test_events_mode_added_modified_removed(self, store: Store) -> None:
+        self.require(store, Capability.WATCH_TREE)
+        store.put("ev/a", b"1")
+        state: dict[str, bytes] = {}
+
+        def apply(change: TreeChange) -> dict[str, bytes]:
+            if change.reset:
+                state.clear()
+            for pair in change.added + change.modified:
+                state[pair.key] = pair.value
+            for key in change.removed:
+                del state[key]
+            return state
+
+        with store.watch_tree("ev", events=True) as watch:
+            first = watch.get(timeout=self.event_timeout)
+            assert first.reset
+            assert [p.key for p in first.added] == ["ev/a"]
+            apply(first)
+            store.put("ev/b/c", b"2")
+            change = drain_until(
+                watch, lambda c: apply(c) is not None and bool(c.added), self.event_timeout
+            )
+            assert [p.key for p in change.added] == ["ev/b/c"]
+            assert not change.reset
+            store.put("ev/a", b"1b")
+            change = drain_until(
+                watch, lambda c: apply(c) is not None and bool(c.modified), self.event_timeout
+            )
+            assert [(p.key, p.value) for p in change.modified] == [("ev/a", b"1b")]
+            store.delete("ev/b/c")
+            change = drain_until(
+                watch, lambda c: apply(c) is not None and bool(c.removed), self.event_timeout
+            )
+            assert change.removed == ("ev/b/c",)
+            assert not change.added
+            for i in range(50):
+                store.put(f"ev/n{i % 5}", str(i))
+            expected = {p.key: p.value for p in store.list("ev")}
+            drain_until(watch, lambda c: apply(c) == expected, self.event_timeout * 2)
+
+    def test_events_mode_since_resumes_with_a_delta(self, store: Store) -> None:
+        self.require(store, Capability.WATCH_TREE)
+        store.put("es/a", b"1")
+        since = store.get("es/a").revision
+        with store.watch_tree("es", since=since, events=True) as watch:
+            store.put("es/b", b"2")
+            change = watch.get(timeout=self.event_timeout)
+            if watch.resynced:  # the backend could not tell: the whole state, marked
+                assert not store.since_exact
+                assert change.reset
+                change = drain_until(watch, lambda c: bool(c.added), self.event_timeout)
+            assert not change.reset
+            assert [p.key for p in change.added] == ["es/b"]
+
+
 class TTLTests(BaseStoreTests):
     """Ephemeral keys: alive while their store is open, gone after it closes or dies."""
 
@@ -882,6 +1064,7 @@ class ConformanceTests(
     AtomicTests,
     WatchTests,
     WatchTreeTests,
+    ResumeWatchTests,
     TTLTests,
     LockTests,
     MultiClientTests,

@@ -629,6 +629,13 @@ class ConsulStore(Store):
 
         return closed
 
+    def _changed_since(self, key: str, since: int, *, tree: bool) -> bool | None:
+        # A single-key read answers with the index of the whole KV store, deletions included:
+        # at or below `since`, nothing changed anywhere. A prefix's own index forgets
+        # deletions once Consul reaps their tombstones, so it cannot prove a tree unchanged.
+        index = self._read(key or "pykv-since-probe")[0]
+        return False if index <= since else None
+
     def _watch(self, key: str) -> Watch[KVPair | None]:
         path = self._path(key)
         index, current = self._read(key)

@@ -1044,6 +1044,24 @@ class Etcd2Store(Store):
             self._watches.add(worker)
         worker.thread.start()
 
+    def _changed_since(self, key: str, since: int, *, tree: bool) -> bool | None:
+        # The v2 history (the last 1000 events) answers a wait from `since + 1` at once when
+        # something below the node changed after `since`; "event index cleared" means it was
+        # forgotten, and a wait that blocks proves nothing in time: both resync.
+        what = f"watch({key!r}, since={since})"
+        index = self._read_tree(key, what)[1] if tree else self._read(key, what)[2]
+        if since >= index:
+            return False  # nothing at all was written after `since`
+        try:
+            event = self._wait(self._node(key), since + 1, True, _Poll(), REFRESH_PROBE, what)
+        except _IndexCleared:
+            return None
+        if event is None:
+            return None
+        if tree:
+            return True
+        return True if self._key_of(str(event.get("node", {}).get("key", ""))) == key else None
+
     def _watch(self, key: str) -> Watch[KVPair | None]:
         node, _, index = self._read(key, f"watch {key!r}")
         current = None if node is None else self._pair(key, node)

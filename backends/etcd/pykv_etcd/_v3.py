@@ -494,6 +494,7 @@ class EtcdStore(Store):
     #: Lease TTLs are whole seconds (rounded up; etcd's minimum is 2 s with default tuning) and
     #: etcd looks for expired leases every 0.5 s.
     ttl_slack: ClassVar[float] = 2.0
+    since_exact: ClassVar[bool] = True
     options: EtcdOptions
 
     def __init__(self, url: StoreURL, options: EtcdOptions) -> None:
@@ -692,6 +693,24 @@ class EtcdStore(Store):
 
     # -- watches ---------------------------------------------------------------------------
 
+    def _changed_since(self, key: str, since: int, *, tree: bool) -> bool | None:
+        # Every key there now is unchanged since `since` (the core checked): compare the keys
+        # at `since` with today's. A compacted `since` fails the historical read: resync.
+        what = f"watch({key!r}, since={since})"
+        start, end = self._tree_range(key) if tree else (self._key(key), b"")
+        now = self._call(
+            what, "Range", etcdrpc.RangeRequest(key=start, range_end=end, keys_only=True)
+        )
+        if since >= now.header.revision:
+            return False
+        then = self._call(
+            what,
+            "Range",
+            # revision 0 would mean "now"; revision 1 is the empty store etcd starts from
+            etcdrpc.RangeRequest(key=start, range_end=end, keys_only=True, revision=max(since, 1)),
+        )
+        return {kv.key for kv in then.kvs} != {kv.key for kv in now.kvs}
+
     def _start_watch(self, watch: Watch[Any], stream: _WatchStream) -> None:
         with self._registry:
             self._watches.add(watch)
@@ -716,10 +735,10 @@ class EtcdStore(Store):
         watch: Watch[KVPair | None] = Watch(f"{what} on {self}", on_close=closed)
         watch._emit(current)
 
-        def deliver(pair: KVPair | None) -> None:
+        def deliver(pair: KVPair | None, resynced: bool = False) -> None:
             if pair != last[0]:  # a compaction re-read may find what was delivered already
                 last[0] = pair
-                watch._emit(pair)
+                watch._emit(pair, resynced)
 
         def on_events(events: Sequence[Any]) -> None:
             for ev in events:
@@ -727,7 +746,7 @@ class EtcdStore(Store):
 
         def on_compacted() -> int:
             reread = self._call(what, "Range", etcdrpc.RangeRequest(key=path))
-            deliver(self._pair(reread.kvs[0]) if reread.kvs else None)
+            deliver(self._pair(reread.kvs[0]) if reread.kvs else None, resynced=True)
             return int(reread.header.revision)
 
         stream = _WatchStream(
@@ -751,8 +770,8 @@ class EtcdStore(Store):
         snapshot: dict[bytes, KVPair] = {kv.key: self._pair(kv) for kv in response.kvs}
         stream: _WatchStream
 
-        def emit() -> None:
-            watch._emit([snapshot[k] for k in sorted(snapshot)])
+        def emit(resynced: bool = False) -> None:
+            watch._emit([snapshot[k] for k in sorted(snapshot)], resynced)
 
         def closed() -> None:
             self._watch_closed(watch, stream)
@@ -774,7 +793,7 @@ class EtcdStore(Store):
             if fresh != snapshot:
                 snapshot.clear()
                 snapshot.update(fresh)
-                emit()
+                emit(resynced=True)
             return int(reread.header.revision)
 
         stream = _WatchStream(

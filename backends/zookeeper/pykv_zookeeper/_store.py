@@ -1082,6 +1082,30 @@ class ZooKeeperStore(Store):
         self._start_watcher(watcher)
         return watcher.watch
 
+    def _changed_since(self, key: str, since: int, *, tree: bool) -> bool | None:
+        # No history, but a node's pzxid is the zxid of the last creation or deletion of one
+        # of its children: a subtree (or, for an absent key, its nearest existing ancestor)
+        # whose nodes were all created, written (a value removed from a node that keeps
+        # children is a write) and last changed children at or before `since` lost nothing
+        # after it. Otherwise something below moved: resync.
+        path = self._abs(key)
+
+        def stats(deadline: float) -> list[Any]:
+            node = path
+            found = self._read(node, deadline)
+            if found is not None:
+                below = self._walk(path, deadline) if tree else []
+                return [found[1]] + [stat for _, _, stat in below]
+            while found is None and node != "/":  # the nearest existing ancestor decides
+                node = node.rsplit("/", 1)[0] or "/"
+                found = self._read(node, deadline)
+            return [] if found is None else [found[1]]
+
+        nodes = self._retrying(lambda: f"watch({key!r}, since={since})", stats)
+        if nodes and all(max(s.czxid, s.mzxid, s.pzxid) <= since for s in nodes):
+            return False
+        return None
+
     def _start_watcher(self, watcher: _Watcher) -> None:
         with self._mutex:
             self._watchers.add(watcher)
