@@ -265,3 +265,79 @@ def test_partitioned_holder_is_told_before_another_client_acquires(cluster: Any)
         holder.close()
         with contender:
             contender.delete_tree("")
+
+
+def _server_of(store: pykv.Store, cluster: Any) -> str:
+    """The node the store's main session is connected to right now."""
+    connection = store._client._connection  # type: ignore[attr-defined]
+    wait_until(lambda: connection._socket is not None, 10, "a connection")
+    port = connection._socket.getpeername()[1]
+    return str(next(n for n in cluster.nodes if cluster.url_for(n).endswith(f":{port}")))
+
+
+def _reach(watch: pykv.Watch[Any], tree: pykv.Watch[Any], value: bytes) -> None:
+    """Both watches reach ``value`` of ``w/c`` within 5 s (the fault suite's bound)."""
+    drain_until(watch, lambda e: e is not None and e.value == value, 5)
+    drain_until(tree, lambda s: s[0].key == "w/c" and s[0].value == value, 5)
+    assert watch.error is None
+    assert tree.error is None
+
+
+def test_watches_survive_their_server_being_killed_while_the_key_changes(cluster: Any) -> None:
+    """Fault-suite finding: after the server of a watching store was SIGKILLed, its watch and
+    watch_tree went silent for good (kazoo reconnected on the same session). The watches must
+    reach the final state after each kill, or fail loudly; silence is the bug. The tree holds
+    as many keys as the smoke's did by then (see test_zookeeper_faults for the mechanism)."""
+    cluster.wait_healthy(90)
+    prefix = f"pykv-test/{uuid.uuid4().hex[:12]}"
+    watcher = pykv.open_store(cluster.url, prefix=prefix, timeout=3)
+    writers: list[pykv.Store] = []
+    try:
+        watcher.put("w/c", b"0")
+        for i in range(250):
+            watcher.put(f"w/k{i:03}", b"")
+        with watcher.watch("w/c") as watch, watcher.watch_tree("w") as tree:
+            assert watch.get(timeout=10) is not None
+            assert tree.get(timeout=10)
+            count = 0
+            for _round in range(4):
+                node = _server_of(watcher, cluster)
+                other = next(n for n in cluster.nodes if n != node)
+                writer = pykv.open_store(cluster.url_for(other), prefix=prefix, timeout=3)
+                writers.append(writer)
+                stop = threading.Event()
+                done: list[int] = []
+
+                def write(
+                    writer: pykv.Store = writer,
+                    stop: threading.Event = stop,
+                    done: list[int] = done,
+                ) -> None:
+                    nonlocal count
+                    while not stop.is_set():
+                        try:
+                            writer.put("w/c", str(count + 1).encode())
+                            count += 1
+                        except (pykv.UnavailableError, pykv.OperationTimeoutError):
+                            time.sleep(0.05)
+                    done.append(count)
+
+                thread = threading.Thread(target=write, daemon=True)
+                thread.start()
+                time.sleep(0.5)
+                cluster.kill(node)
+                time.sleep(2)
+                cluster.start(node)
+                time.sleep(1)
+                stop.set()
+                thread.join(15)
+                assert done, "the writer did not stop"
+                cluster.wait_healthy(90)
+                final = str(done[0]).encode()
+                assert watcher.get("w/c").value == final
+                _reach(watch, tree, final)
+    finally:
+        for writer in writers:
+            writer.close()
+        with watcher:
+            watcher.delete_tree("")

@@ -25,7 +25,7 @@ from kazoo.client import KazooClient
 
 import pykv
 from pykv import Store
-from pykv.testing._support import ChildProcess, wait_until
+from pykv.testing._support import ChildProcess, drain_until, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.zookeeper]
 
@@ -410,3 +410,38 @@ def test_a_failed_watch_re_arm_marks_the_lock_lost(
     assert lock.lost.wait(5), "the lock was not marked lost after its key was deleted"
     with pytest.raises(pykv.LockLostError):
         lock.release()
+
+
+# -- watches re-armed after a reconnect, whatever the size of the watched tree ------------------
+
+
+def _reach(watch: pykv.Watch[Any], tree: pykv.Watch[Any], value: bytes) -> None:
+    """Both watches reach ``value`` (the first and last key of the tree) within 5 s."""
+    drain_until(watch, lambda e: e is not None and e.value == value, 5)
+    drain_until(tree, lambda s: len(s) == 300 and s[0].value == s[-1].value == value, 5)
+    assert watch.error is None
+    assert tree.error is None
+
+
+def test_watches_of_a_large_tree_go_on_after_a_reconnect(
+    zk_url: str, prefix: str, stores: list[Store], proxy: FaultProxy
+) -> None:
+    """Fault-suite finding: after a reconnect on the same session, a store's watch and
+    watch_tree fell silent for good. Re-arming a tree of N keys sends 2N+1 requests; kazoo
+    wakes its connection thread with a byte per request on a socket pair that holds a few
+    hundred, so re-arming from kazoo's state listener (on that thread) blocked it forever:
+    no event, no error, no ping."""
+    writer = _open(stores, zk_url, prefix=prefix)
+    for i in range(300):
+        writer.put(f"t/k{i:03}", b"0")
+    watcher = _open(stores, proxy.url(prefix), session_timeout=10)
+    with watcher.watch("t/k000") as watch, watcher.watch_tree("t") as tree:
+        assert watch.get(timeout=10) is not None
+        assert len(tree.get(timeout=10)) == 300
+        for round_ in range(1, 4):
+            proxy.thaw()  # closes the connection: kazoo reconnects at once, same session
+            wait_until(lambda: len(proxy.pairs) == 1, 10, "the store to reconnect")
+            value = str(round_).encode()
+            writer.put("t/k000", value)
+            writer.put("t/k299", value)
+            _reach(watch, tree, value)

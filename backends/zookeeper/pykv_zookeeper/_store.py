@@ -276,10 +276,8 @@ class _Session:
                 self.resync.set()
             self.connected.set()
             if self is store._main:
-                with store._mutex:
-                    watchers = list(store._watchers)
-                for watcher in watchers:
-                    watcher.refresh()
+                # never re-arm here, on kazoo's connection thread: see _watch_worker
+                store._rewatch.set()
         with store._mutex:
             waiters = list(store._waiters)
         for event in waiters:
@@ -344,6 +342,8 @@ class ZooKeeperStore(Store):
         self._watchers: set[_Watcher] = set()
         self._waiters: set[threading.Event] = set()
         self._stop = threading.Event()
+        # set on each (re)connect of the main session: the watch worker arms every watch again
+        self._rewatch = threading.Event()
         # With session_timeout, one session of that length holds everything (the TTL asked is
         # then not honoured); without, each TTL class gets a session of its own, made lazily.
         self._shared = options.session_timeout is not None
@@ -365,6 +365,10 @@ class ZooKeeperStore(Store):
             target=self._upkeep_worker, name=f"pykv-zk-upkeep {self}", daemon=True
         )
         self._upkeep.start()
+        self._rewatcher = threading.Thread(
+            target=self._watch_worker, name=f"pykv-zk-watch {self}", daemon=True
+        )
+        self._rewatcher.start()
         try:
             self._check_access()
         except BaseException:
@@ -986,6 +990,28 @@ class ZooKeeperStore(Store):
                 except Exception:  # logged, and tried again on the next round
                     log.warning("%s: session upkeep failed", session, exc_info=True)
 
+    def _watch_worker(self) -> None:
+        """Arms every watch again after the main session (re)connected: the server forgot
+        them with the connection, and kazoo does not send them again.
+
+        Not in kazoo's state listener: that runs on kazoo's connection thread, and a request
+        queued there wakes that very thread with a byte on a socket pair that holds a few
+        hundred. Re-arming a tree of N keys queues 2N+1 requests: from the listener, past some
+        140 keys, the thread blocked on its own socket pair for good (no request, answer, event
+        or ping any more, and no error). Here the connection thread drains them as they come."""
+        while not self._stop.is_set():
+            if not self._rewatch.wait(0.5) or self._stop.is_set():
+                continue
+            self._rewatch.clear()
+            with self._mutex:
+                watchers = list(self._watchers)
+            for watcher in watchers:
+                try:
+                    watcher.refresh()
+                except Exception as exc:  # the watch ends with it, never silently
+                    log.warning("%s: could not arm %s again", self, watcher.watch, exc_info=True)
+                    watcher._fail(exc)
+
     def _resync(self, session: _Session) -> None:
         if not session.resync.is_set() or not session.connected.is_set():
             return
@@ -1146,7 +1172,8 @@ class ZooKeeperStore(Store):
         end = self._deadline()
         for closer in closers:
             closer.join(max(0.0, end - time.monotonic()))
-        for name in ("_worker", "_upkeep"):
+        self._rewatch.set()  # wakes the watch worker, which sees _stop
+        for name in ("_worker", "_upkeep", "_rewatcher"):
             worker = getattr(self, name, None)
             if worker is not None:
                 worker.join(_JOIN_TIMEOUT)
