@@ -265,13 +265,16 @@ class _Client:
                 retry = code == grpc.StatusCode.UNAVAILABLE or (
                     code == grpc.StatusCode.DEADLINE_EXCEEDED and len(self._endpoints) > 1
                 )
+                if retry:
+                    # The endpoint did not answer: the next call goes elsewhere even when this
+                    # one is not retried (no time left, or a write of unknown outcome).
+                    self.failover(ep)
                 if retry and conditional:
                     details = (exc.details() or "").lower()
                     retry = code == grpc.StatusCode.UNAVAILABLE and any(
                         text in details for text in _UNSENT_TEXT
                     )
                 if retry and time.monotonic() + backoff < deadline:
-                    self.failover(ep)
                     time.sleep(backoff)
                     backoff = min(backoff * 2, _MAX_BACKOFF / 4)
                     continue
@@ -923,6 +926,9 @@ class EtcdStore(Store):
         deadline = now + min(self.timeout, max(0.5, lease.granted / 3))
         if cap is not None:
             deadline = max(min(deadline, cap), now + 0.05)
+        # Split the budget so that a member that does not answer leaves time for another
+        # (a keepalive is idempotent, so sending it again elsewhere is safe).
+        attempt = max(0.25, (deadline - now) / 2) if len(client._endpoints) > 1 else math.inf
         backoff = 0.02
         while True:
             ep = client.endpoint()
@@ -930,7 +936,7 @@ class EtcdStore(Store):
             try:
                 call = ep.lease.LeaseKeepAlive(
                     iter([etcdrpc.LeaseKeepAliveRequest(ID=lease.id)]),
-                    timeout=client.attempt_timeout(deadline),
+                    timeout=max(0.001, min(attempt, deadline - time.monotonic())),
                     metadata=client.metadata,
                 )
                 for response in call:
@@ -942,14 +948,13 @@ class EtcdStore(Store):
                 if exc.code() == grpc.StatusCode.UNAUTHENTICATED and client.metadata:
                     client._authenticate(deadline)
                     continue
-                if time.monotonic() + backoff < deadline and exc.code() in (
-                    grpc.StatusCode.UNAVAILABLE,
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                ):
+                if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    # Also when no time is left: the next renewal must go to another member.
                     client.failover(ep)
-                    time.sleep(backoff)
-                    backoff *= 2
-                    continue
+                    if time.monotonic() + backoff < deadline:
+                        time.sleep(backoff)
+                        backoff *= 2
+                        continue
                 raise client.error(exc, "renew the lease", ep) from exc
             finally:
                 if call is not None:
@@ -1164,6 +1169,9 @@ class EtcdStore(Store):
 
         ep = client.endpoint()
         call: Any = None
+        answered = threading.Event()
+        silent = threading.Event()
+        watchdog: threading.Timer | None = None
         try:
             call = ep.watch.Watch(
                 requests(), timeout=limit, metadata=(*client.metadata, ("hasleader", "true"))
@@ -1172,10 +1180,27 @@ class EtcdStore(Store):
                 self._waits.add(call)
             if self._stop.is_set():
                 return
+
+            def unanswered(call: Any = call) -> None:
+                # A member cut off from this client never confirms the watch: give it up
+                # instead of waiting out the whole chunk, and fail over.
+                if not answered.is_set():
+                    silent.set()
+                    call.cancel()
+
+            if limit > client.timeout:
+                watchdog = threading.Timer(client.timeout, unanswered)
+                watchdog.daemon = True
+                watchdog.start()
             for response in call:
+                answered.set()
                 if response.events or response.compact_revision or response.canceled:
                     return
         except grpc.RpcError as exc:
+            if silent.is_set() and not self._stop.is_set():
+                log.info("wait for a lock: %s did not answer; failing over", ep.target)
+                client.failover(ep)
+                return
             if self._stop.is_set() or exc.code() in (
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 grpc.StatusCode.CANCELLED,
@@ -1187,6 +1212,8 @@ class EtcdStore(Store):
             client.failover(ep)
             time.sleep(0.1)
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             done.set()
             if call is not None:
                 call.cancel()
