@@ -200,11 +200,14 @@ class _Client:
     def failover(self, failed: _Endpoint) -> None:
         """Move on to the next endpoint after ``failed`` did not answer."""
         with self._mutex:
-            if len(self._endpoints) > 1 and self._endpoints[self._current] is failed:
+            moved = len(self._endpoints) > 1 and self._endpoints[self._current] is failed
+            if moved:
                 self._current = (self._current + 1) % len(self._endpoints)
                 log.info(
                     "etcd endpoint %s failed; trying %s", failed.target, self.endpoint().target
                 )
+        if moved:
+            self.store._left(failed)
 
     def _authenticate(self, deadline: float) -> None:
         request = etcdrpc.AuthenticateRequest(name=self._user, password=self._password)
@@ -365,6 +368,7 @@ class _WatchStream:
         self._stop = threading.Event()
         self._mutex = threading.Lock()
         self._call: Any = None
+        self._endpoint: _Endpoint | None = None
         self._thread = threading.Thread(target=self._run, name=f"pykv-etcd {name}", daemon=True)
 
     def start(self) -> None:
@@ -382,6 +386,15 @@ class _WatchStream:
             self.store._streams.discard(self)
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=self.store.timeout)
+
+    def leave(self, failed: _Endpoint) -> None:
+        """Restart on the client's current endpoint if this stream is on ``failed``: a member
+        cut off from this client sends nothing, and the stream would only notice it after
+        gRPC's keepalive timeout."""
+        with self._mutex:
+            call = self._call if self._endpoint is failed else None
+        if call is not None:
+            call.cancel()
 
     def _request(self) -> Any:
         create = etcdrpc.WatchCreateRequest(
@@ -411,7 +424,7 @@ class _WatchStream:
                     requests(), metadata=(*client.metadata, ("hasleader", "true"))
                 )
                 with self._mutex:
-                    self._call = call
+                    self._call, self._endpoint = call, ep
                 if self._stop.is_set():
                     break
                 for response in call:
@@ -510,7 +523,8 @@ class EtcdStore(Store):
         self._registry = threading.Lock()
         self._streams: set[_WatchStream] = set()
         self._watches: set[Watch[Any]] = set()
-        self._waits: set[Any] = set()  # gRPC calls of lock waiters, cancelled on close
+        #: gRPC calls of lock waiters and their endpoints, cancelled on close or failover
+        self._waits: dict[Any, _Endpoint] = {}
         #: leases of TTL keys, one per TTL
         self._leases: dict[int, _Lease] = {}
         #: one lease per lock acquisition (see _EtcdLock)
@@ -525,6 +539,16 @@ class EtcdStore(Store):
         self._client = _Client(self, targets)
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _left(self, failed: _Endpoint) -> None:
+        """The client failed over from ``failed``: move watch streams and lock waits off it."""
+        with self._registry:
+            streams = list(self._streams)
+            waits = [call for call, ep in self._waits.items() if ep is failed]
+        for stream in streams:
+            stream.leave(failed)
+        for call in waits:
+            call.cancel()  # the waiter re-reads the lock's state and waits on the new endpoint
 
     def _call(
         self,
@@ -1177,7 +1201,7 @@ class EtcdStore(Store):
                 requests(), timeout=limit, metadata=(*client.metadata, ("hasleader", "true"))
             )
             with self._registry:
-                self._waits.add(call)
+                self._waits[call] = ep
             if self._stop.is_set():
                 return
 
@@ -1218,7 +1242,7 @@ class EtcdStore(Store):
             if call is not None:
                 call.cancel()
                 with self._registry:
-                    self._waits.discard(call)
+                    self._waits.pop(call, None)
 
     # -- closing ---------------------------------------------------------------------------
 
