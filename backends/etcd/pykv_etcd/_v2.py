@@ -68,7 +68,10 @@ TTL keys and locks
     node (``wait=true&waitIndex=``) instead of polling. ``lost`` is set when a refresh finds
     either node deleted or rewritten, or when no refresh succeeded for 3/4 of the TTL
     (counted from when the last confirmed refresh was sent; every call of the refreshing
-    thread ends by then, so a hung server cannot delay it). A release that fails stops the
+    thread ends by then, so a hung server cannot delay it). etcd counts a TTL from when the
+    member received the request, which may wait out a leader election: a lock granted more
+    than TTL/4 after its request was sent is renewed before ``acquire`` returns (or given up
+    and tried again). Lock decisions read with ``quorum=true``. A release that fails stops the
     refreshes, so etcd deletes both nodes within the TTL. ``acquire(timeout=T)`` returns
     within T (each call gets at least 0.5 s). ``close()`` stops every watch thread first and
     then waits for all of them together, at most one timeout.
