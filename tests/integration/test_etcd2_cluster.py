@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from typing import Any
@@ -92,3 +93,68 @@ def test_leader_kill(etcd_cluster: Any) -> None:
         cluster.restore()
         with pykv.open_store(url, prefix=prefix, timeout=10) as cleaner:
             cleaner.delete_tree("")
+
+
+def test_lock_granted_late_is_never_held_twice(etcd_cluster: Any) -> None:
+    """A lock whose grant waited seconds for a quorum is renewed before acquire() returns.
+
+    etcd v2 counts a node's TTL from when the member received the request. Here the grant waits
+    at the leader while both followers are frozen, so its bookkeeping node expires moments after
+    it is committed; before the fix acquire() returned True on it and a contender acquired the
+    same lock while the first holder's ``lost`` was still clear (found by the fault suite,
+    partition-leader).
+    """
+    cluster = etcd_cluster
+    cluster.wait_healthy(60)
+    prefix = f"pykv-test/{uuid.uuid4().hex[:12]}"
+    leader = cluster.leader()
+    followers = [n for n in cluster.nodes if n != leader]
+    late_url = "etcd2://" + ",".join(cluster.address(n) for n in [leader, *followers])
+    other_url = "etcd2://" + ",".join(cluster.address(n) for n in [*followers, leader])
+    late = pykv.open_store(late_url, prefix=prefix, timeout=8)
+    other = pykv.open_store(other_url, prefix=prefix, timeout=8)
+    late_lock = late.lock("l", ttl=3)
+    other_lock = other.lock("l", ttl=3)
+    events: list[tuple[str, bool]] = []  # (who acquired, whether the other one held it)
+    errors: list[BaseException] = []
+    mutex = threading.Lock()
+    releasing: set[str] = set()  # a holder releasing may still say held after its delete
+
+    def contend(mine: Any, theirs: Any, name: str) -> None:
+        try:
+            if mine.acquire(timeout=12):
+                with mutex:
+                    them = "other" if name == "late" else "late"
+                    events.append((name, theirs.held and them not in releasing))
+                time.sleep(1.5)  # hold it a while, as a worker would
+                if mine.held:
+                    with mutex:
+                        releasing.add(name)
+                    mine.release()
+        except pykv.PyKVError as exc:
+            with mutex:
+                errors.append(exc)
+
+    late_thread = threading.Thread(target=contend, args=(late_lock, other_lock, "late"))
+    other_thread = threading.Thread(target=contend, args=(other_lock, late_lock, "other"))
+    try:
+        for node in followers:
+            cluster.pause(node)
+        try:
+            late_thread.start()  # the grant waits at the leader, which cannot commit it
+            time.sleep(2.7)
+        finally:
+            for node in followers:
+                cluster.unpause(node)
+        other_thread.start()
+        late_thread.join(30)
+        other_thread.join(30)
+        assert not late_thread.is_alive()
+        assert not other_thread.is_alive()
+        assert [name for name, _ in events], f"nobody acquired the lock ({errors})"
+        overlaps = [name for name, other_held in events if other_held]
+        assert not overlaps, f"acquired while the other holder still held it: {events}"
+    finally:
+        cluster.restore()
+        late.close()
+        other.close()

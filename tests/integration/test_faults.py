@@ -110,13 +110,6 @@ if os.environ.get("PYKV_FAULTS_LONG") == "1":
 
 
 @pytest.mark.etcd
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by the fault suite: etcd v3 lease renewal never fails over from an endpoint "
-    "that does not answer (its one attempt spends the renewal's whole deadline, and a "
-    "DEADLINE_EXCEEDED then raises without moving to the next endpoint), so the lease expires "
-    "while two members are healthy",
-)
 def test_etcd_lease_renewal_fails_over_from_a_cut_off_endpoint(etcd_cluster: Any) -> None:
     """A lock and a TTL key survive the clients being cut off from the first listed member."""
     first = etcd_cluster.nodes[0]

@@ -68,7 +68,10 @@ TTL keys and locks
     node (``wait=true&waitIndex=``) instead of polling. ``lost`` is set when a refresh finds
     either node deleted or rewritten, or when no refresh succeeded for 3/4 of the TTL
     (counted from when the last confirmed refresh was sent; every call of the refreshing
-    thread ends by then, so a hung server cannot delay it). A release that fails stops the
+    thread ends by then, so a hung server cannot delay it). etcd counts a TTL from when the
+    member received the request, which may wait out a leader election: a lock granted more
+    than TTL/4 after its request was sent is renewed before ``acquire`` returns (or given up
+    and tried again). Lock decisions read with ``quorum=true``. A release that fails stops the
     refreshes, so etcd deletes both nodes within the TTL. ``acquire(timeout=T)`` returns
     within T (each call gets at least 0.5 s). ``close()`` stops every watch thread first and
     then waits for all of them together, at most one timeout.
@@ -507,12 +510,14 @@ class Etcd2Store(Store):
     # -- reads ------------------------------------------------------------------------------
 
     def _read(
-        self, key: str, what: str, deadline: float | None = None
+        self, key: str, what: str, deadline: float | None = None, *, quorum: bool = False
     ) -> tuple[dict[str, Any] | None, str, int]:
-        """The node holding ``key``'s value (or None), its path, and the index of the read."""
+        """The node holding ``key``'s value (or None), its path, and the index of the read
+        (``quorum``: read through raft, never from a member that is behind or cut off)."""
         path = self._node(key)
+        extra = {"quorum": "true"} if quorum else {}
         for _ in range(10):
-            reply = self._get_node(path, what, deadline=deadline)
+            reply = self._get_node(path, what, deadline=deadline, **extra)
             if reply.code in (E_NOT_FOUND, E_NOT_DIR):  # E_NOT_DIR: an ancestor is a file
                 return None, path, int(reply.body.get("index", reply.index))
             if reply.code is not None:
@@ -520,7 +525,7 @@ class Etcd2Store(Store):
             if not reply.node.get("dir"):
                 return reply.node, path, reply.index
             leaf = path + "/" + VALUE_LEAF
-            reply = self._get_node(leaf, what, deadline=deadline)
+            reply = self._get_node(leaf, what, deadline=deadline, **extra)
             if reply.code == E_NOT_FOUND:
                 return None, leaf, int(reply.body.get("index", reply.index))
             if reply.code == E_NOT_DIR:
@@ -845,12 +850,15 @@ class Etcd2Store(Store):
         """Mark held locks lost whose renewal is overdue; the earliest deadline of the rest,
         by which the keepalive thread must be back (no call may keep it longer)."""
         with self._mutex:
-            locks = [lock for lock in self._locks if lock.held]
+            # Also locks whose acquire() has not returned yet: they count from their grant.
+            locks = [lock for lock in self._locks if not lock.lost.is_set()]
         now = time.monotonic()
         tells = []
         for lock in locks:
             if now >= lock._tell_at():
                 lock._mark_lost("it could not be renewed in time")
+                if not lock.lost.is_set():  # not handed to its holder yet: look again soon
+                    tells.append(now + 0.05)
             else:
                 tells.append(lock._tell_at())
         return min(tells) if tells else None
@@ -932,10 +940,10 @@ class Etcd2Store(Store):
                 del self._ttl_keys[item.key]
 
     def _adopt(
-        self, key: str, text: str, what: str, deadline: float | None = None
+        self, key: str, text: str, what: str, deadline: float | None = None, *, quorum: bool = False
     ) -> tuple[dict[str, Any] | None, str, int]:
         """The node of ``key`` if it still holds our value with a TTL (moved, or refreshed)."""
-        node, path, index = self._read(key, what, deadline)
+        node, path, index = self._read(key, what, deadline, quorum=quorum)
         if node is None or node.get("ttl") is None:
             return None, path, index
         if decode_value(str(node.get("value", ""))) != decode_value(text):
@@ -1410,7 +1418,12 @@ class _Etcd2Lock(Lock):
                 self._value_path = str(written["key"])
                 self._value_index = int(written["modifiedIndex"])
                 self._last_ok = sent
-                self._due = time.monotonic() + self._seconds / 3
+                if not self._fresh(what):
+                    self._give_up(what)
+                    if deadline is not None and time.monotonic() >= deadline:
+                        return None
+                    continue
+                self._due = self._last_ok + self._seconds / 3
                 with store._mutex:
                     store._locks.add(self)
                     store._ensure_keepalive()
@@ -1426,6 +1439,65 @@ class _Etcd2Lock(Lock):
             # wake when the holder's bookkeeping node is deleted or expires
             with contextlib.suppress(_IndexCleared):
                 store._wait(self._side, index + 1, False, poll, max(wait, 0.05), what)
+
+    def _fresh(self, what: str) -> bool:
+        """Renew a lock just won until its last confirmed renewal is recent; False when it
+        cannot be.
+
+        etcd counts a node's TTL from when the member received the request, and a request can
+        wait there for seconds (a leader election after a partition): a lock whose grant took
+        that long may expire moments after acquire() returns, before the keepalive thread has
+        a chance to renew it or to tell the holder, and another client acquires it meanwhile.
+        """
+        store = self.store
+        while time.monotonic() - self._last_ok > self._seconds / 4:
+            sent = time.monotonic()
+            if sent >= self._tell_at():
+                return False
+            try:
+                reply = store._refresh(
+                    self._side, self._side_index, self._seconds, what, self._tell_at()
+                )
+            except PyKVError as exc:
+                log.info("%s: renewing lock %r just won failed: %s", store, self.key, exc)
+                return False
+            if reply.code is not None:
+                return False
+            self._side_index = int(reply.node["modifiedIndex"])
+            self._last_ok = sent
+            # The value node was written later, so it lives longer; the keepalive thread
+            # renews it next (adopting it where it is if this refresh fails).
+            with contextlib.suppress(PyKVError):
+                reply = store._refresh(
+                    self._value_path, self._value_index, self._seconds, what, self._tell_at()
+                )
+                if reply.code is None:
+                    self._value_index = int(reply.node["modifiedIndex"])
+        return True
+
+    def _give_up(self, what: str) -> None:
+        """Delete the nodes of a lock won too late to be trusted (best effort: else they
+        expire within the TTL, since nothing refreshes them)."""
+        store = self.store
+        with contextlib.suppress(PyKVError):
+            store._call(
+                "DELETE",
+                self._value_path,
+                what,
+                params={"prevIndex": str(self._value_index)},
+                safe=False,
+                timeout=min(store.timeout, 1.0),
+            )
+        with contextlib.suppress(PyKVError):
+            store._call(
+                "DELETE",
+                self._side,
+                what,
+                params={"prevValue": self._holder},
+                safe=False,
+                timeout=min(store.timeout, 1.0),
+            )
+        self._value_path = ""
 
     def _tell_at(self) -> float:
         """When the lock must count as lost if no renewal succeeded: well before etcd can
@@ -1448,7 +1520,14 @@ class _Etcd2Lock(Lock):
         try:
             reply = store._refresh(self._side, self._side_index, self._seconds, what, tell)
             if reply.code is not None:
-                side = store._call("GET", self._side, what, timeout=store._budget(tell))
+                # Through raft: a member cut off from the others answers from a stale state.
+                side = store._call(
+                    "GET",
+                    self._side,
+                    what,
+                    params={"quorum": "true"},
+                    timeout=store._budget(tell),
+                )
                 if side.code is not None or side.node.get("value") != self._holder:
                     self._mark_lost(f"its bookkeeping node expired or was deleted ({reply.body})")
                     return
@@ -1458,7 +1537,7 @@ class _Etcd2Lock(Lock):
             self._side_index = int(reply.node["modifiedIndex"])
             reply = store._refresh(self._value_path, self._value_index, self._seconds, what, tell)
             if reply.code is not None:
-                node, path, _ = store._adopt(self.key, self._text, what, tell)
+                node, path, _ = store._adopt(self.key, self._text, what, tell, quorum=True)
                 if node is None:
                     self._mark_lost("its key was deleted or overwritten")
                     return

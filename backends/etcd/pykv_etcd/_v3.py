@@ -200,11 +200,14 @@ class _Client:
     def failover(self, failed: _Endpoint) -> None:
         """Move on to the next endpoint after ``failed`` did not answer."""
         with self._mutex:
-            if len(self._endpoints) > 1 and self._endpoints[self._current] is failed:
+            moved = len(self._endpoints) > 1 and self._endpoints[self._current] is failed
+            if moved:
                 self._current = (self._current + 1) % len(self._endpoints)
                 log.info(
                     "etcd endpoint %s failed; trying %s", failed.target, self.endpoint().target
                 )
+        if moved:
+            self.store._left(failed)
 
     def _authenticate(self, deadline: float) -> None:
         request = etcdrpc.AuthenticateRequest(name=self._user, password=self._password)
@@ -265,13 +268,16 @@ class _Client:
                 retry = code == grpc.StatusCode.UNAVAILABLE or (
                     code == grpc.StatusCode.DEADLINE_EXCEEDED and len(self._endpoints) > 1
                 )
+                if retry:
+                    # The endpoint did not answer: the next call goes elsewhere even when this
+                    # one is not retried (no time left, or a write of unknown outcome).
+                    self.failover(ep)
                 if retry and conditional:
                     details = (exc.details() or "").lower()
                     retry = code == grpc.StatusCode.UNAVAILABLE and any(
                         text in details for text in _UNSENT_TEXT
                     )
                 if retry and time.monotonic() + backoff < deadline:
-                    self.failover(ep)
                     time.sleep(backoff)
                     backoff = min(backoff * 2, _MAX_BACKOFF / 4)
                     continue
@@ -362,6 +368,7 @@ class _WatchStream:
         self._stop = threading.Event()
         self._mutex = threading.Lock()
         self._call: Any = None
+        self._endpoint: _Endpoint | None = None
         self._thread = threading.Thread(target=self._run, name=f"pykv-etcd {name}", daemon=True)
 
     def start(self) -> None:
@@ -379,6 +386,15 @@ class _WatchStream:
             self.store._streams.discard(self)
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=self.store.timeout)
+
+    def leave(self, failed: _Endpoint) -> None:
+        """Restart on the client's current endpoint if this stream is on ``failed``: a member
+        cut off from this client sends nothing, and the stream would only notice it after
+        gRPC's keepalive timeout."""
+        with self._mutex:
+            call = self._call if self._endpoint is failed else None
+        if call is not None:
+            call.cancel()
 
     def _request(self) -> Any:
         create = etcdrpc.WatchCreateRequest(
@@ -408,7 +424,7 @@ class _WatchStream:
                     requests(), metadata=(*client.metadata, ("hasleader", "true"))
                 )
                 with self._mutex:
-                    self._call = call
+                    self._call, self._endpoint = call, ep
                 if self._stop.is_set():
                     break
                 for response in call:
@@ -507,7 +523,8 @@ class EtcdStore(Store):
         self._registry = threading.Lock()
         self._streams: set[_WatchStream] = set()
         self._watches: set[Watch[Any]] = set()
-        self._waits: set[Any] = set()  # gRPC calls of lock waiters, cancelled on close
+        #: gRPC calls of lock waiters and their endpoints, cancelled on close or failover
+        self._waits: dict[Any, _Endpoint] = {}
         #: leases of TTL keys, one per TTL
         self._leases: dict[int, _Lease] = {}
         #: one lease per lock acquisition (see _EtcdLock)
@@ -522,6 +539,16 @@ class EtcdStore(Store):
         self._client = _Client(self, targets)
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _left(self, failed: _Endpoint) -> None:
+        """The client failed over from ``failed``: move watch streams and lock waits off it."""
+        with self._registry:
+            streams = list(self._streams)
+            waits = [call for call, ep in self._waits.items() if ep is failed]
+        for stream in streams:
+            stream.leave(failed)
+        for call in waits:
+            call.cancel()  # the waiter re-reads the lock's state and waits on the new endpoint
 
     def _call(
         self,
@@ -923,6 +950,9 @@ class EtcdStore(Store):
         deadline = now + min(self.timeout, max(0.5, lease.granted / 3))
         if cap is not None:
             deadline = max(min(deadline, cap), now + 0.05)
+        # Split the budget so that a member that does not answer leaves time for another
+        # (a keepalive is idempotent, so sending it again elsewhere is safe).
+        attempt = max(0.25, (deadline - now) / 2) if len(client._endpoints) > 1 else math.inf
         backoff = 0.02
         while True:
             ep = client.endpoint()
@@ -930,7 +960,7 @@ class EtcdStore(Store):
             try:
                 call = ep.lease.LeaseKeepAlive(
                     iter([etcdrpc.LeaseKeepAliveRequest(ID=lease.id)]),
-                    timeout=client.attempt_timeout(deadline),
+                    timeout=max(0.001, min(attempt, deadline - time.monotonic())),
                     metadata=client.metadata,
                 )
                 for response in call:
@@ -942,14 +972,13 @@ class EtcdStore(Store):
                 if exc.code() == grpc.StatusCode.UNAUTHENTICATED and client.metadata:
                     client._authenticate(deadline)
                     continue
-                if time.monotonic() + backoff < deadline and exc.code() in (
-                    grpc.StatusCode.UNAVAILABLE,
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                ):
+                if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    # Also when no time is left: the next renewal must go to another member.
                     client.failover(ep)
-                    time.sleep(backoff)
-                    backoff *= 2
-                    continue
+                    if time.monotonic() + backoff < deadline:
+                        time.sleep(backoff)
+                        backoff *= 2
+                        continue
                 raise client.error(exc, "renew the lease", ep) from exc
             finally:
                 if call is not None:
@@ -1164,18 +1193,38 @@ class EtcdStore(Store):
 
         ep = client.endpoint()
         call: Any = None
+        answered = threading.Event()
+        silent = threading.Event()
+        watchdog: threading.Timer | None = None
         try:
             call = ep.watch.Watch(
                 requests(), timeout=limit, metadata=(*client.metadata, ("hasleader", "true"))
             )
             with self._registry:
-                self._waits.add(call)
+                self._waits[call] = ep
             if self._stop.is_set():
                 return
+
+            def unanswered(call: Any = call) -> None:
+                # A member cut off from this client never confirms the watch: give it up
+                # instead of waiting out the whole chunk, and fail over.
+                if not answered.is_set():
+                    silent.set()
+                    call.cancel()
+
+            if limit > client.timeout:
+                watchdog = threading.Timer(client.timeout, unanswered)
+                watchdog.daemon = True
+                watchdog.start()
             for response in call:
+                answered.set()
                 if response.events or response.compact_revision or response.canceled:
                     return
         except grpc.RpcError as exc:
+            if silent.is_set() and not self._stop.is_set():
+                log.info("wait for a lock: %s did not answer; failing over", ep.target)
+                client.failover(ep)
+                return
             if self._stop.is_set() or exc.code() in (
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 grpc.StatusCode.CANCELLED,
@@ -1187,11 +1236,13 @@ class EtcdStore(Store):
             client.failover(ep)
             time.sleep(0.1)
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             done.set()
             if call is not None:
                 call.cancel()
                 with self._registry:
-                    self._waits.discard(call)
+                    self._waits.pop(call, None)
 
     # -- closing ---------------------------------------------------------------------------
 
