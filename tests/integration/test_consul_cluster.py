@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from typing import Any
@@ -103,4 +104,85 @@ def test_leader_loss(consul_cluster: Any) -> None:
         cluster.wait_healthy(60)
     with pykv.open_store(cluster.url, prefix=prefix, timeout=5) as cleaner:
         assert not cleaner.exists("eph")  # closing the store deleted its TTL key
+        cleaner.delete_tree("")
+
+
+def test_isolated_leader_watch_and_calls_fail_over(consul_cluster: Any) -> None:
+    """The store's first agent is the leader, cut off from its peers (clients still reach it):
+    an isolated ex-leader holds every non-stale request for its RPC hold time (~7 s) before a
+    500 "No cluster leader", and a blocking query begun while it led runs its whole wait with
+    the old data. The watch must still see each change made through the majority within 5 s,
+    and the store's reads and writes must resume within 5 s of the majority's."""
+    cluster = consul_cluster
+    cluster.wait_healthy(60)
+    leader = cluster.leader()
+    prefix = f"pykv-test/{uuid.uuid4().hex[:12]}"
+    other = next(n for n in cluster.nodes if n != leader)
+    store = pykv.open_store(_leader_first(cluster.url), prefix=prefix)  # the default timeout
+    writer = pykv.open_store(cluster.url_for(other), prefix=prefix, timeout=3)
+    seen: list[tuple[float, int]] = []  # (when, value) of every watch event
+    acked: list[tuple[float, int]] = []  # (when, value) of every acknowledged write
+    stop = threading.Event()
+    try:
+        writer.put("counter", b"0")
+        watch = store.watch("counter")
+        assert watch.get(timeout=10) is not None
+
+        def consume() -> None:
+            for pair in watch:
+                if pair is not None:
+                    seen.append((time.monotonic(), int(pair.value)))
+
+        def write() -> None:
+            value = 0
+            while not stop.is_set():
+                value += 1
+                try:
+                    writer.put("counter", str(value).encode())
+                    acked.append((time.monotonic(), value))
+                except pykv.PyKVError:
+                    pass  # the election: indeterminate, not counted
+                stop.wait(0.3)
+
+        threads = [threading.Thread(target=f, daemon=True) for f in (consume, write)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1)
+        cluster.isolate(leader)
+        isolated = time.monotonic()
+        errors: list[BaseException] = []
+        took_write = _until_it_works(lambda: store.put("rw", b"1"), 30, errors)
+        took_read = _until_it_works(lambda: store.get("rw"), 30, errors)
+        while time.monotonic() - isolated < 15:  # changes made while the partition lasts
+            time.sleep(0.5)
+        stop.set()
+        threads[1].join(10)
+        time.sleep(5.5)  # the last change's bound
+        watch.close()
+        threads[0].join(10)
+
+        majority_at = next(t for t, _ in acked if t > isolated)  # the majority serves again
+        print(
+            f"isolated {leader}: majority serving after {majority_at - isolated:.2f} s, store "
+            f"writes after {took_write:.2f} s, reads {took_read:.2f} s later; errors {errors}"
+        )
+        assert all(isinstance(e, pykv.UnavailableError) for e in errors), errors
+        assert isolated + took_write - majority_at < 5, "writes did not resume within 5 s"
+        assert took_read < 5, "reads did not resume within 5 s"
+        late = []
+        for when, value in acked:
+            if when <= isolated:
+                continue
+            shown = next((t for t, v in seen if v >= value and t >= when - 0.5), None)
+            if shown is None or shown - when > 5:
+                late.append((value, None if shown is None else round(shown - when, 2)))
+        assert not late, f"watch silent > 5 s after these changes (value, delay): {late}"
+        assert seen[-1][1] == acked[-1][1]
+    finally:
+        stop.set()
+        store.close()
+        writer.close()
+        cluster.heal_network()
+        cluster.wait_healthy(60)
+    with pykv.open_store(cluster.url, prefix=prefix, timeout=5) as cleaner:
         cleaner.delete_tree("")

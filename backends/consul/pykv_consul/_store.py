@@ -43,8 +43,11 @@ DEFAULT_PORT = 8500
 DEFAULT_TLS_PORT = 8501
 #: Consul's largest session TTL (24 h).
 MAX_SESSION_TTL = 86400.0
-#: Longest ``wait`` of a blocking query (shorter when the store's timeout is).
-MAX_WAIT = 5.0
+#: Longest ``wait`` of a blocking query (shorter when the store's timeout is). A query begun
+#: just before its server is cut off from its peers runs its whole wait on the old data (the
+#: server still thinks it leads), and the next one fails only after BLOCKING_SLACK: short
+#: enough that a watch fails over and sees a change within 5 s of it.
+MAX_WAIT = 2.0
 _TTL_RANGE = re.compile(r"between \[([^=\]]+)=")
 
 

@@ -38,6 +38,14 @@ log = logging.getLogger("pykv.consul")
 
 T = TypeVar("T")
 
+#: An idempotent call gives one agent, when others are left to try, this share of its time
+#: (at least ATTEMPT_MIN s): Consul answers in milliseconds unless the agent waits for a leader.
+ATTEMPT_SHARE = 1 / 3
+ATTEMPT_MIN = 1.0
+#: How late (beyond its wait and Consul's jitter of wait/16) a blocking query may answer before
+#: the agent is taken for cut off: an ex-leader cut off from its peers holds the query.
+BLOCKING_SLACK = 1.0
+
 
 class Response(Protocol):
     """py-consul's ``consul.base.Response`` named tuple."""
@@ -117,9 +125,12 @@ class Transport:
     """The Consul agents of one store (or of one watch thread), tried in turn.
 
     A connection error moves on to the next agent at once, within the call's timeout, when the
-    request cannot have reached the agent (or the call is idempotent). A time-out, a 5xx
-    (no leader yet, RPC failure) or a lost connection raises a typed error and makes the next
-    call start at the next agent.
+    request cannot have reached the agent (or the call is idempotent). An idempotent call also
+    moves on after a 5xx or after its share of the time on one agent (a server cut off from its
+    peers holds requests for its RPC hold time, ~7 s, and a server still forwarding to a lost
+    leader longer), as does any call answered "No cluster leader" (never applied). A time-out,
+    a 5xx or a lost connection on the last agent tried raises a typed error, and the next
+    call starts at the next agent.
     """
 
     def __init__(
@@ -197,7 +208,9 @@ class Transport:
         """Run ``fn(client)`` on the current agent, failing over; map every error.
 
         ``timeout`` bounds the whole call (default: the store's); ``blocking`` is the ``wait``
-        of a blocking query, added (with Consul's jitter of wait/16) to the read time-out.
+        of a blocking query, added (with Consul's jitter of wait/16) to the read time-out, which
+        then allows at most BLOCKING_SLACK more; a blocking query is not retried here (its
+        caller polls again, on the next agent).
         """
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
@@ -207,7 +220,10 @@ class Transport:
             client = self._clients[index]
             where = f"Consul agent {self.hosts[index]} ({self.name})"
             remaining = max(0.05, deadline - time.monotonic())
-            client.http.local.timeout = (remaining, remaining + blocking * 17 / 16)
+            retry = idempotent and not blocking and tried + 1 < len(self._clients)
+            budget = min(remaining, max(ATTEMPT_MIN, limit * ATTEMPT_SHARE)) if retry else remaining
+            read = min(budget, BLOCKING_SLACK) + blocking * 17 / 16 if blocking else budget
+            client.http.local.timeout = (budget, read)
             try:
                 return fn(client)
             except requests.ConnectionError as exc:
@@ -229,7 +245,11 @@ class Transport:
                 tail = f" (and {tried - 1} other agents)" if tried > 1 else ""
                 raise UnavailableError(f"{what}: cannot reach {where}{tail}: {exc}") from exc
             except requests.Timeout as exc:
+                tried += 1
                 self._rotate(index)
+                if retry and deadline - time.monotonic() > 0.05:
+                    log.info("%s: %s did not answer within %.2g s", what, where, budget)
+                    continue
                 raise OperationTimeoutError(
                     f"{what}: {where} did not answer within {limit:g} s"
                 ) from exc
@@ -244,7 +264,14 @@ class Transport:
             except (BadRequest, ClientError, NotFound) as exc:
                 raise UnavailableError(f"{what}: {where} rejected the call: {_text(exc)}") from exc
             except ConsulException as exc:
+                tried += 1
                 self._rotate(index)  # no leader, RPC error: another agent may do better
+                unapplied = "No cluster leader" in str(exc)
+                if (
+                    retry or (unapplied and not blocking and tried < len(self._clients))
+                ) and deadline - time.monotonic() > 0.05:
+                    log.info("%s failed on %s: %s", what, where, _text(exc))
+                    continue
                 raise UnavailableError(f"{what} failed on {where}: {_text(exc)}") from exc
 
     # -- the raw endpoints py-consul does not cover the way pykv needs ---------------------
