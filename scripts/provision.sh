@@ -37,9 +37,9 @@ py313_packages=(python3.13-minimal libpython3.13-minimal libpython3.13-stdlib li
 # Podman socket (`podman system service`, Docker-compatible API).
 # chromium: the docs check screenshots the built site in a real headless browser; patchelf: points
 # trixie's Python 3.13 (below) at its own C library.
-# systemd: systemd-analyze verifies the registrar's unit file.
+# systemd: systemd-analyze verifies the registrar's unit file; zsh: the completion test.
 apt_packages=(docker.io etcd-server etcd-client zookeeper debootstrap busybox-static podman netavark
-  chromium patchelf systemd)
+  chromium patchelf systemd zsh)
 keyring=/usr/share/keyrings/debian-archive-keyring.gpg # holds bullseye, bookworm and trixie keys
 
 export DEBIAN_FRONTEND=noninteractive
