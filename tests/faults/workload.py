@@ -241,10 +241,7 @@ def run_watcher(args: argparse.Namespace, rec: Recorder) -> None:
                 while not stopped(args.dir, "stop-watch"):
                     try:
                         event = watch.get(timeout=0.5)
-                    except TimeoutError as exc:
-                        if isinstance(exc, pykv.PyKVError):  # OperationTimeoutError: failed
-                            rec.record(f"{kind}-error", error=describe(exc))
-                            break
+                    except pykv.WatchTimeoutError:  # no event yet; the watch goes on
                         continue
                     except Exception as exc:
                         rec.record(f"{kind}-error", error=describe(exc))

@@ -550,8 +550,13 @@ class Etcd2Store(Store):
             if key is not None and (not below or key.startswith(below + "/")):
                 out[key] = self._pair(key, child)
 
-    def _read_tree(self, prefix: str, what: str) -> tuple[list[KVPair], int]:
-        reply = self._get_node(self._node(prefix), what, recursive="true")
+    def _read_tree(
+        self, prefix: str, what: str, *, quorum: bool = False
+    ) -> tuple[list[KVPair], int]:
+        if quorum:
+            reply = self._get_node(self._node(prefix), what, recursive="true", quorum="true")
+        else:
+            reply = self._get_node(self._node(prefix), what, recursive="true")
         if reply.code in (E_NOT_FOUND, E_NOT_DIR):
             return [], int(reply.body.get("index", reply.index))
         if reply.code is not None:
@@ -1071,14 +1076,16 @@ class Etcd2Store(Store):
         return True if self._key_of(str(event.get("node", {}).get("key", ""))) == key else None
 
     def _watch(self, key: str) -> Watch[KVPair | None]:
-        node, _, index = self._read(key, f"watch {key!r}")
+        # A watch's first event is the current state: read through raft, never from a member
+        # that is behind (another client's acknowledged write must be in it).
+        node, _, index = self._read(key, f"watch {key!r}", quorum=True)
         current = None if node is None else self._pair(key, node)
         worker = _KeyWatch(self, key, current, index)
         self._start_watch(worker)
         return worker.watch
 
     def _watch_tree(self, prefix: str) -> Watch[list[KVPair]]:
-        pairs, index = self._read_tree(prefix, f"watch_tree {prefix!r}")
+        pairs, index = self._read_tree(prefix, f"watch_tree {prefix!r}", quorum=True)
         worker = _TreeWatch(self, prefix, pairs, index)
         self._start_watch(worker)
         return worker.watch
@@ -1237,7 +1244,7 @@ class _KeyWatch(_WatchWorker):
             self.watch._emit(pair)
 
     def _resync(self) -> int:
-        node, _, index = self.store._read(self.key, self.what)
+        node, _, index = self.store._read(self.key, self.what, quorum=True)
         pair = None if node is None else self.store._pair(self.key, node)
         if pair is None or self.last is None or pair.value != self.last.value:
             self._set(pair)
@@ -1298,7 +1305,7 @@ class _TreeWatch(_WatchWorker):
         return not self.prefix or key.startswith(self.prefix + "/")
 
     def _resync(self) -> int:
-        pairs, index = self.store._read_tree(self.prefix, self.what)
+        pairs, index = self.store._read_tree(self.prefix, self.what, quorum=True)
         fresh = {p.key: p for p in pairs}
         changed = fresh.keys() != self.snapshot.keys() or any(
             fresh[k].value != self.snapshot[k].value for k in fresh
