@@ -25,6 +25,13 @@ import pykv
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 FAULTS_DIR = Path(os.environ.get("PYKV_FAULTS_DIR", ".faults"))
+#: Timeliness findings: a watch late or short of the final state by the 5 s bounds, a lock
+#: gap, slow resumption. On this 2-core CI machine, loaded by the whole suite, they depend on
+#: scheduling, so the smoke prints them (and saves the history) but fails only on safety
+#: findings (overlapping holds, token order, stale fenced writes, lost or duplicated
+#: acknowledged writes, watches going backwards, TTL bounds). The long run
+#: (scripts/faults.sh) and PYKV_FAULTS_STRICT=1 fail on every finding.
+TIMELINESS = frozenset({"watch-silent", "watch-final", "lock-gap", "resume"})
 
 
 def target(label: str, cluster: Any) -> Target:
@@ -35,15 +42,32 @@ def target(label: str, cluster: Any) -> Target:
     return Target(label, url, slack)
 
 
-def report(outcomes: list[Outcome], directory: Path, started: float) -> None:
-    """Print the summary; fail with it when a checker found something."""
+def report(
+    outcomes: list[Outcome], directory: Path, started: float, *, smoke: bool = False
+) -> None:
+    """Print the summary; fail with it when a checker found something (in the smoke: something
+    other than a timeliness finding, see ``TIMELINESS``)."""
     lines = [line for outcome in outcomes for line in outcome.summary()]
     lines.append(f"faults: {time.monotonic() - started:.0f} s; histories under {directory}")
     print("\n".join(lines))
-    failed = [o for o in outcomes if o.violations]
+    strict = not smoke or os.environ.get("PYKV_FAULTS_STRICT") == "1"
+    failing = {
+        o.target.label: [v for v in o.violations if strict or v.check not in TIMELINESS]
+        for o in outcomes
+    }
+    for o in outcomes:
+        for v in o.violations:
+            if v not in failing[o.target.label]:
+                print(
+                    f"faults: timeliness finding (reported, not failing the smoke): "
+                    f"{o.target.label}: {v.check}: {v.detail}; history {o.history}"
+                )
+    failed = [o for o in outcomes if failing[o.target.label]]
     if failed:
         details = [
-            f"{o.target.label}: {v.check}: {v.detail}" for o in failed for v in o.violations[:10]
+            f"{o.target.label}: {v.check}: {v.detail}"
+            for o in failed
+            for v in failing[o.target.label][:10]
         ]
         saved = [f"history of {o.target.label}: {o.history}" for o in failed]
         pytest.fail("\n".join([*lines, *saved, *details]), pytrace=False)
@@ -53,7 +77,7 @@ def smoke(cluster: Any, labels: list[str]) -> None:
     started = time.monotonic()
     directory = FAULTS_DIR / f"smoke-{run_id()}-{cluster.backend}"
     outcomes = run_faults(cluster, [target(label, cluster) for label in labels], NEMESES, directory)
-    report(outcomes, directory, started)
+    report(outcomes, directory, started, smoke=True)
 
 
 @pytest.mark.timeout(360)
