@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ._errors import KeyExistsError, KeyModifiedError, KeyNotFoundError
-from ._hub import Change, WatchHub, below
+from ._feeds import Change, WatchHub, below
 from ._options import StoreOptions
 from ._store import Capability, KVPair, Lock, Store, Watch
 from ._url import StoreURL
@@ -118,9 +118,6 @@ class MemoryStore(Store):
         self._locks: set[_MemoryLock] = set()
         with self._space.cond:
             self._space.hubs.append(self._hub)
-
-    def _strip(self) -> int:
-        return len(self.prefix) + 1 if self.prefix else 0
 
     def _pair(self, path: str, item: _Item) -> KVPair:
         return KVPair(self._relative(path), item.value, item.revision)

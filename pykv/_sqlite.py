@@ -67,7 +67,7 @@ from ._errors import (
     PyKVError,
     UnavailableError,
 )
-from ._hub import Change, WatchHub
+from ._feeds import Change, WatchHub
 from ._options import StoreOptions
 from ._store import Capability, KVPair, Lock, Store, Watch, new_pair
 from ._url import StoreURL
@@ -489,9 +489,6 @@ class SQLiteStore(Store):
             conn.execute("DELETE FROM pykv_kv WHERE path = ?", (path,))
 
     # -- watches ---------------------------------------------------------------------------
-
-    def _strip(self) -> int:
-        return len(self.prefix) + 1 if self.prefix else 0
 
     def _ensure_dispatcher(self) -> sqlite3.Connection:
         """Start the dispatcher (with the dispatch lock held); return its connection."""

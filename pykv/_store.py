@@ -533,6 +533,10 @@ class Store(Closing, abc.ABC):
         """The absolute backend path of a normalised key (prefix joined, no leading ``/``)."""
         return join(self.prefix, key)
 
+    def _strip(self) -> int:
+        """How many leading characters of an absolute path are the store's prefix and ``/``."""
+        return len(self.prefix) + 1 if self.prefix else 0
+
     def _relative(self, path: str) -> str:
         """Inverse of :meth:`_path`."""
         path = path.strip("/")
@@ -796,6 +800,12 @@ class _ChangeWatch(Watch[TreeChange]):
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 snapshot = self._snapshots.get(remaining)
                 resynced = self._snapshots.resynced
+                delta: TreeChange | None = getattr(snapshot, "delta", None)
+                if delta is not None and self._known is not None and not resynced:
+                    # a feed's snapshot says what changed since the one before it: no diff
+                    # of the whole tree (``_known`` only marks that a first state was seen)
+                    self.resynced = False
+                    return delta
                 current = {p.key: p for p in snapshot}
                 known, self._known = self._known, current
                 if known is None or resynced:
