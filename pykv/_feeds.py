@@ -292,15 +292,13 @@ class WatchHub:
         return bool(self._keys or self._trees)
 
     def _closer(
-        self,
-        feeds: list[KeyFeed] | list[TreeFeed],
-        box: list[object],
-        on_close: Callable[[], None] | None,
+        self, feed: KeyFeed | TreeFeed, on_close: Callable[[], None] | None
     ) -> Callable[[], None]:
         def closed() -> None:
             with self._lock:
-                if box and box[0] in feeds:
-                    feeds.remove(box[0])  # type: ignore[arg-type]
+                for feeds in (self._keys, self._trees):
+                    if feed in feeds:
+                        feeds.remove(feed)  # type: ignore[arg-type]
             if on_close is not None:
                 on_close()
 
@@ -316,12 +314,9 @@ class WatchHub:
         on_close: Callable[[], None] | None = None,
     ) -> Watch[KVPair | None]:
         """Register a key watch whose first event is ``current``, read at ``revision``."""
-        box: list[object] = []
-        watch: Watch[KVPair | None] = Watch(
-            description, on_close=self._closer(self._keys, box, on_close)
-        )
+        watch: Watch[KVPair | None] = Watch(description)
         feed = KeyFeed(watch, path, strip, current, revision)
-        box.append(feed)
+        watch._on_close = self._closer(feed, on_close)
         with self._lock:
             self._keys.append(feed)
         return watch
@@ -336,12 +331,9 @@ class WatchHub:
         on_close: Callable[[], None] | None = None,
     ) -> Watch[list[KVPair]]:
         """Register a tree watch whose first snapshot is ``current``, read at ``revision``."""
-        box: list[object] = []
-        watch: Watch[list[KVPair]] = Watch(
-            description, on_close=self._closer(self._trees, box, on_close)
-        )
+        watch: Watch[list[KVPair]] = Watch(description)
         feed = TreeFeed(watch, prefix, strip, current, revision)
-        box.append(feed)
+        watch._on_close = self._closer(feed, on_close)
         with self._lock:
             self._trees.append(feed)
         return watch

@@ -35,447 +35,36 @@ from pykv import (
     KeyNotFoundError,
     KVPair,
     Lock,
-    OperationTimeoutError,
     PermissionDeniedError,
     PyKVError,
     Store,
     StoreURL,
-    TLSOptions,
     UnavailableError,
     Watch,
 )
+from pykv.kit import Change, Created, KeyFeed, TreeFeed, TTLKeys
+
+from ._v3client import (
+    DEFAULT_PORT,
+    KEYSPACE_START,
+    LOCK_NAMESPACE,
+    LOCK_WAIT_CHUNK,
+    RANGE_ALL,
+    EtcdOptions,
+    _absent,
+    _b,
+    _Client,
+    _Endpoint,
+    _LeaseGoneError,
+    _range_end,
+    _unchanged,
+)
+from ._v3watch import Watcher, WatchMux
 
 __all__ = ["EtcdOptions", "EtcdStore"]
 
 log = logging.getLogger("pykv.etcd")
 T = TypeVar("T")
-
-DEFAULT_PORT = 2379
-#: Lock bookkeeping namespace: outside every store prefix and below "\x01".
-LOCK_NAMESPACE = b"\x00pykv-locks/"
-#: Lower bound of the whole keyspace as pykv sees it (everything below is bookkeeping).
-KEYSPACE_START = b"\x01"
-#: range_end "\x00" means "every key >= key" in etcd.
-RANGE_ALL = b"\x00"
-#: A lock waiter re-checks its predecessor at least this often (a safety net, not polling).
-LOCK_WAIT_CHUNK = 30.0
-_MAX_BACKOFF = 1.0
-
-_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    # Come back quickly after a restart of the server (gRPC's default backoff reaches 120 s).
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    # Detect dead connections under long-lived watch streams; etcd allows pings every 5 s.
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.max_receive_message_length", -1),
-    ("grpc.max_send_message_length", -1),
-]
-
-# Text etcd puts in errors about credentials, whatever the gRPC status code.
-_AUTH_TEXT = (
-    "authentication failed",
-    "user name is empty",
-    "permission denied",
-    "invalid auth token",
-    "user name not found",
-    "auth: revision in header is old",
-)
-
-
-# gRPC and etcd errors that mean the request was not applied, so that retrying is safe.
-_UNSENT_TEXT = (
-    "failed to connect",
-    "connection refused",
-    "no leader",
-    "connections to all backends failing",
-    "dns resolution failed",
-    "name resolution",
-)
-
-
-@dataclass(frozen=True)
-class EtcdOptions(TLSOptions):
-    """Options of etcd:// stores (see the package documentation).
-
-    username/password: etcd user credentials (also accepted in the URL as ``user:pw@``).
-    """
-
-    username: str | None = None
-    password: str | None = None
-
-
-def _b(text: str) -> bytes:
-    return text.encode("utf-8")
-
-
-def _absent(key: bytes, range_end: bytes | None = None) -> Any:
-    """A txn compare that holds when ``key`` (or every key in the range) does not exist."""
-    extra = {} if range_end is None else {"range_end": range_end}
-    return etcdrpc.Compare(
-        key=key,
-        target=etcdrpc.Compare.CREATE,
-        result=etcdrpc.Compare.EQUAL,
-        create_revision=0,
-        **extra,
-    )
-
-
-def _unchanged(key: bytes, revision: int) -> Any:
-    """A txn compare that holds when ``key`` was last modified at ``revision``."""
-    return etcdrpc.Compare(
-        key=key, target=etcdrpc.Compare.MOD, result=etcdrpc.Compare.EQUAL, mod_revision=revision
-    )
-
-
-def _range_end(prefix: bytes) -> bytes:
-    """The range_end of every key starting with ``prefix`` (which ends in a byte < 0xff)."""
-    return prefix[:-1] + bytes([prefix[-1] + 1])
-
-
-# -- the connection: endpoints, auth, deadlines, failover, error mapping ----------------------
-
-
-@dataclass
-class _Endpoint:
-    target: str
-    channel: grpc.Channel
-    kv: Any
-    lease: Any
-    watch: Any
-    auth: Any
-
-
-class _Client:
-    """gRPC channels to the store's endpoints, with auth and failover.
-
-    Every unary call goes through :meth:`call`: a deadline of the store's timeout, retries on
-    UNAVAILABLE (refused connection, leader change, no leader) on the next endpoint with a short
-    backoff, and one re-authentication when the auth token expired.
-    """
-
-    def __init__(self, store: EtcdStore, targets: Sequence[str]) -> None:
-        self.store = store
-        self.timeout = store.timeout
-        options: EtcdOptions = store.options
-        self._credentials: grpc.ChannelCredentials | None = None
-        if options.tls:
-            self._credentials = _tls_credentials(options)
-        self._endpoints = [self._connect(t) for t in targets]
-        self._current = 0
-        self._closed = False
-        self._mutex = threading.Lock()
-        self._user, self._password = options.username, options.password
-        self._metadata: tuple[tuple[str, str], ...] = ()
-        if self._user is not None or self._password is not None:
-            if not self._user or self._password is None:
-                raise ConfigurationError(
-                    f"{store}: etcd authentication needs both a username and a password"
-                )
-            self._authenticate(time.monotonic() + self.timeout)
-
-    def _connect(self, target: str) -> _Endpoint:
-        if self._credentials is not None:
-            channel = grpc.secure_channel(target, self._credentials, options=_CHANNEL_OPTIONS)
-        else:
-            channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
-        return _Endpoint(
-            target,
-            channel,
-            etcdrpc.KVStub(channel),
-            etcdrpc.LeaseStub(channel),
-            etcdrpc.WatchStub(channel),
-            etcdrpc.AuthStub(channel),
-        )
-
-    @property
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        return self._metadata
-
-    def endpoint(self) -> _Endpoint:
-        return self._endpoints[self._current]
-
-    def failover(self, failed: _Endpoint) -> None:
-        """Move on to the next endpoint after ``failed`` did not answer."""
-        with self._mutex:
-            moved = len(self._endpoints) > 1 and self._endpoints[self._current] is failed
-            if moved:
-                self._current = (self._current + 1) % len(self._endpoints)
-                log.info(
-                    "etcd endpoint %s failed; trying %s", failed.target, self.endpoint().target
-                )
-        if moved:
-            self.store._left(failed)
-
-    def _authenticate(self, deadline: float) -> None:
-        request = etcdrpc.AuthenticateRequest(name=self._user, password=self._password)
-        response = self.call("authenticate", "auth", "Authenticate", request, deadline=deadline)
-        self._metadata = (("token", response.token),)
-
-    def attempt_timeout(self, deadline: float) -> float:
-        remaining = deadline - time.monotonic()
-        if len(self._endpoints) > 1:
-            # Leave time to try another endpoint: a member that lost its leader holds
-            # requests until its proposal times out.
-            remaining = min(remaining, max(1.0, min(2.0, self.timeout / 3)))
-        return max(remaining, 0.001)
-
-    def call(
-        self,
-        what: str,
-        stub: str,
-        method: str,
-        request: Any,
-        *,
-        deadline: float | None = None,
-        conditional: bool = False,
-    ) -> Any:
-        """One unary RPC within the deadline (default: now + the store's timeout).
-
-        A ``conditional`` write (a compare-and-swap) is retried only when etcd surely did not
-        get it; after an attempt with an unknown outcome a retry could report a conflict with
-        its own first attempt, so the error is raised instead.
-        """
-        if deadline is None:
-            deadline = time.monotonic() + self.timeout
-        backoff = 0.02
-        reauthenticated = False
-        while True:
-            ep = self.endpoint()
-            if self._closed:
-                raise UnavailableError(f"{what}: the store {self.store} is closed")
-            try:
-                fn = getattr(getattr(ep, stub), method)
-                metadata = self._metadata if method != "Authenticate" else ()
-                return fn(request, timeout=self.attempt_timeout(deadline), metadata=metadata)
-            except ValueError as exc:  # gRPC's "Cannot invoke RPC on closed channel!"
-                if self._closed:
-                    raise UnavailableError(f"{what}: the store {self.store} is closed") from exc
-                raise
-            except grpc.RpcError as exc:
-                code = exc.code()
-                if (
-                    code == grpc.StatusCode.UNAUTHENTICATED
-                    and method != "Authenticate"
-                    and self._metadata
-                    and not reauthenticated
-                ):
-                    reauthenticated = True  # the token expired (etcd's default TTL is 5 min)
-                    self._authenticate(deadline)
-                    continue
-                retry = code == grpc.StatusCode.UNAVAILABLE or (
-                    code == grpc.StatusCode.DEADLINE_EXCEEDED and len(self._endpoints) > 1
-                )
-                if retry:
-                    # The endpoint did not answer: the next call goes elsewhere even when this
-                    # one is not retried (no time left, or a write of unknown outcome).
-                    self.failover(ep)
-                if retry and conditional:
-                    details = (exc.details() or "").lower()
-                    retry = code == grpc.StatusCode.UNAVAILABLE and any(
-                        text in details for text in _UNSENT_TEXT
-                    )
-                if retry and time.monotonic() + backoff < deadline:
-                    time.sleep(backoff)
-                    backoff = min(backoff * 2, _MAX_BACKOFF / 4)
-                    continue
-                raise self.error(exc, what, ep) from exc
-
-    def error(self, exc: grpc.RpcError, what: str, ep: _Endpoint | None = None) -> PyKVError:
-        """Map a gRPC error to pykv's: the one place that does it."""
-        code = exc.code()
-        details = exc.details() or str(code)
-        where = f"{what} on {self.store} (endpoint {(ep or self.endpoint()).target})"
-        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) or any(
-            text in details for text in _AUTH_TEXT
-        ):
-            return PermissionDeniedError(f"{where}: etcd refused the credentials: {details}")
-        if code == grpc.StatusCode.NOT_FOUND and "lease not found" in details:
-            return _LeaseGoneError(f"{where}: {details}")
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return OperationTimeoutError(f"{where}: no answer within {self.timeout} s")
-        if code == grpc.StatusCode.UNAVAILABLE:
-            return UnavailableError(f"{where}: etcd is unavailable: {details}")
-        return UnavailableError(f"{where}: etcd failed the call ({code.name}): {details}")
-
-    def close(self) -> None:
-        self._closed = True
-        for ep in self._endpoints:
-            ep.channel.close()
-
-
-class _LeaseGoneError(UnavailableError):
-    """etcd no longer knows a lease of the store (it expired or was revoked)."""
-
-
-def _tls_credentials(options: EtcdOptions) -> grpc.ChannelCredentials:
-    if not options.verify:
-        raise ConfigurationError(
-            "etcd:// stores cannot skip certificate verification (gRPC has no such switch); "
-            "pass the server's CA bundle with ca=PATH"
-        )
-
-    def read(path: str | None, what: str) -> bytes | None:
-        if path is None:
-            return None
-        try:
-            with open(path, "rb") as f:
-                return f.read()
-        except OSError as exc:
-            raise ConfigurationError(f"cannot read the TLS {what} file {path!r}: {exc}") from exc
-
-    if (options.cert is None) != (options.key is None):
-        raise ConfigurationError("TLS client authentication needs both cert= and key=")
-    return grpc.ssl_channel_credentials(
-        root_certificates=read(options.ca, "CA"),
-        private_key=read(options.key, "key"),
-        certificate_chain=read(options.cert, "certificate"),
-    )
-
-
-# -- supervised watch streams ---------------------------------------------------------------
-
-
-class _WatchStream:
-    """One gRPC watch of ``[key, range_end)`` from a revision, on its own thread, supervised.
-
-    The stream is restarted with backoff after any error (server restart, leader change,
-    endpoint failure) from the revision after the last event seen. When that revision was
-    compacted, ``on_compacted`` re-reads the state and returns the revision to go on from.
-    """
-
-    def __init__(
-        self,
-        store: EtcdStore,
-        name: str,
-        key: bytes,
-        range_end: bytes | None,
-        start_revision: int,
-        on_events: Callable[[Sequence[Any]], None],
-        on_compacted: Callable[[], int],
-        on_error: Callable[[PyKVError], None],
-    ) -> None:
-        self.store = store
-        self.name = name
-        self.key = key
-        self.range_end = range_end
-        self.next_revision = start_revision
-        self.on_events = on_events
-        self.on_compacted = on_compacted
-        self.on_error = on_error
-        self._stop = threading.Event()
-        self._mutex = threading.Lock()
-        self._call: Any = None
-        self._endpoint: _Endpoint | None = None
-        self._thread = threading.Thread(target=self._run, name=f"pykv-etcd {name}", daemon=True)
-
-    def start(self) -> None:
-        with self.store._registry:
-            self.store._streams.add(self)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        with self._mutex:
-            call = self._call
-        if call is not None:
-            call.cancel()
-        with self.store._registry:
-            self.store._streams.discard(self)
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout=self.store.timeout)
-
-    def leave(self, failed: _Endpoint) -> None:
-        """Restart on the client's current endpoint if this stream is on ``failed``: a member
-        cut off from this client sends nothing, and the stream would only notice it after
-        gRPC's keepalive timeout."""
-        with self._mutex:
-            call = self._call if self._endpoint is failed else None
-        if call is not None:
-            call.cancel()
-
-    def _request(self) -> Any:
-        create = etcdrpc.WatchCreateRequest(
-            key=self.key, start_revision=self.next_revision, progress_notify=True
-        )
-        if self.range_end is not None:
-            create.range_end = self.range_end
-        return etcdrpc.WatchRequest(create_request=create)
-
-    def _run(self) -> None:
-        client = self.store._client
-        backoff = 0.05
-        while not self._stop.is_set():
-            ep = client.endpoint()
-            request = self._request()
-            done = threading.Event()
-
-            def requests(request: Any = request, done: threading.Event = done) -> Iterator[Any]:
-                yield request
-                done.wait()  # keep the request side open while the watch lives
-
-            call: Any = None
-            try:
-                # "hasleader": the server ends the stream when its member loses the leader,
-                # so the watch moves to a member that still sees updates.
-                call = ep.watch.Watch(
-                    requests(), metadata=(*client.metadata, ("hasleader", "true"))
-                )
-                with self._mutex:
-                    self._call, self._endpoint = call, ep
-                if self._stop.is_set():
-                    break
-                for response in call:
-                    if response.compact_revision:
-                        self.next_revision = self.on_compacted() + 1
-                        break
-                    if response.canceled:
-                        reason = response.cancel_reason
-                        if any(text in reason for text in _AUTH_TEXT):
-                            self.on_error(
-                                PermissionDeniedError(f"{self.name} on {self.store}: {reason}")
-                            )
-                            return
-                        log.info("%s: etcd cancelled the watch (%s); restarting", self.name, reason)
-                        break
-                    if response.events:
-                        self.next_revision = response.events[-1].kv.mod_revision + 1
-                        self.on_events(response.events)
-                    elif not response.created:  # progress notification
-                        self.next_revision = max(self.next_revision, response.header.revision + 1)
-                    backoff = 0.05
-            except grpc.RpcError as exc:
-                if self._stop.is_set():
-                    break
-                mapped = client.error(exc, self.name, ep)
-                if isinstance(mapped, PermissionDeniedError):
-                    if exc.code() == grpc.StatusCode.UNAUTHENTICATED and client.metadata:
-                        try:  # an expired token: log in again and go on
-                            client._authenticate(time.monotonic() + client.timeout)
-                            continue
-                        except PyKVError:
-                            pass
-                    self.on_error(mapped)
-                    return
-                log.info("%s: watch stream failed (%s); restarting", self.name, mapped)
-                client.failover(ep)
-            except PyKVError as exc:  # a re-read after compaction failed: try again
-                log.info("%s: %s; retrying", self.name, exc)
-            except Exception as exc:  # a bug: end the watch with the error, never silently
-                log.exception("%s failed", self.name)
-                self.on_error(UnavailableError(f"{self.name} on {self.store} failed: {exc!r}"))
-                return
-            finally:
-                done.set()
-                if call is not None:
-                    call.cancel()
-                with self._mutex:
-                    self._call = None
-            self._stop.wait(backoff)
-            backoff = min(backoff * 2, _MAX_BACKOFF * 2)
-
 
 # -- leases -----------------------------------------------------------------------------------
 
@@ -492,11 +81,6 @@ class _Lease:
     #: monotonic time after which the server may have expired the lease
     expires: float = 0.0
     next_renewal: float = 0.0
-    keys: dict[bytes, bytes] = field(default_factory=dict)
-    #: keys not yet written again after the lease was replaced (retried with each renewal)
-    missing: set[bytes] = field(default_factory=set)
-    #: re-created keys that this store deleted meanwhile, to delete again (key -> revision)
-    undo: dict[bytes, int] = field(default_factory=dict)
     locks: set[_EtcdLock] = field(default_factory=set)
 
 
@@ -521,7 +105,7 @@ class EtcdStore(Store):
         # Watch streams, watches and lock waiters' calls, stopped on close; changed by user
         # threads, watch threads and close() at once, so only under this lock.
         self._registry = threading.Lock()
-        self._streams: set[_WatchStream] = set()
+        self._mux = WatchMux(str(self), self.timeout, lambda: self._client)
         self._watches: set[Watch[Any]] = set()
         #: gRPC calls of lock waiters and their endpoints, cancelled on close or failover
         self._waits: dict[Any, _Endpoint] = {}
@@ -533,20 +117,20 @@ class EtcdStore(Store):
         #: expired it; the keeper revokes them until then, so their keys go sooner
         self._abandoned: dict[int, float] = {}
         self._lease_lock = threading.RLock()
+        #: the TTL keys written, by lease (re-created when a lease expires anyway)
+        self._ttl_keys: TTLKeys[bytes, _Lease] = TTLKeys(self._lease_lock)
         self._stop = threading.Event()
         self._keeper: threading.Thread | None = None
         self._keeper_wake = threading.Event()
-        self._client = _Client(self, targets)
+        self._client = _Client(str(self), self.timeout, options, targets, self._left)
 
     # -- helpers ---------------------------------------------------------------------------
 
     def _left(self, failed: _Endpoint) -> None:
         """The client failed over from ``failed``: move watch streams and lock waits off it."""
         with self._registry:
-            streams = list(self._streams)
             waits = [call for call, ep in self._waits.items() if ep is failed]
-        for stream in streams:
-            stream.leave(failed)
+        self._mux.leave(failed)
         for call in waits:
             call.cancel()  # the waiter re-reads the lock's state and waits on the new endpoint
 
@@ -579,17 +163,12 @@ class EtcdStore(Store):
 
     def _forget(self, path: bytes, range_end: bytes | None = None) -> None:
         """Drop written TTL keys from memory after a plain write or a delete."""
-        with self._lease_lock:
-            for lease in self._leases.values():
-                if range_end is None:
-                    lease.keys.pop(path, None)
-                else:
-                    for k in [
-                        k
-                        for k in lease.keys
-                        if path <= k and (range_end == RANGE_ALL or k < range_end)
-                    ]:
-                        del lease.keys[k]
+        if range_end is None:
+            self._ttl_keys.forget(path)
+        else:
+            self._ttl_keys.forget_where(
+                lambda k: path <= k and (range_end == RANGE_ALL or k < range_end)
+            )
 
     # -- keys and values -------------------------------------------------------------------
 
@@ -620,11 +199,7 @@ class EtcdStore(Store):
         self._remember(lease, path, value)
 
     def _remember(self, lease: _Lease, path: bytes, value: bytes) -> None:
-        with self._lease_lock:
-            for other in self._leases.values():
-                if other is not lease:
-                    other.keys.pop(path, None)
-            lease.keys[path] = value
+        self._ttl_keys.remember(lease, path, value)
 
     def _delete(self, key: str) -> None:
         path = self._key(key)
@@ -694,16 +269,11 @@ class EtcdStore(Store):
         path = self._key(key)
         # Forgotten before the delete is sent, as in _delete; remembered again if nothing
         # was deleted.
-        with self._lease_lock:
-            tracked = [(lease, lease.keys.pop(path)) for lease in self._leases.values()
-                       if path in lease.keys]  # fmt: skip
+        tracked = self._ttl_keys.forget(path)
         try:
             self._delete_if_unchanged(key, path, previous)
         except BaseException:
-            with self._lease_lock:
-                for lease, value in tracked:
-                    if all(path not in other.keys for other in self._leases.values()):
-                        lease.keys[path] = value
+            self._ttl_keys.restore(path, tracked)
             raise
 
     def _delete_if_unchanged(self, key: str, path: bytes, previous: KVPair) -> None:
@@ -738,55 +308,61 @@ class EtcdStore(Store):
         )
         return {kv.key for kv in then.kvs} != {kv.key for kv in now.kvs}
 
-    def _start_watch(self, watch: Watch[Any], stream: _WatchStream) -> None:
+    def _changes(self, events: Sequence[Any]) -> list[Change]:
+        return [
+            Change(
+                ev.kv.mod_revision,
+                ev.kv.key.decode("utf-8", "replace"),
+                None if ev.type == ev.DELETE else ev.kv.value,
+            )
+            for ev in events
+        ]
+
+    def _open_stream(
+        self,
+        watch: Watch[Any],
+        what: str,
+        key: bytes,
+        range_end: bytes | None,
+        revision: int,
+        feed: KeyFeed | TreeFeed,
+        reread: Callable[[], int],
+    ) -> None:
+        """Feed ``feed`` from the store's watch stream: ``[key, range_end)`` after ``revision``."""
+        watcher = Watcher(
+            what,
+            key,
+            range_end,
+            revision + 1,
+            lambda events: feed.apply(self._changes(events)),
+            reread,
+            watch._fail,
+        )
+
+        def closed() -> None:
+            self._mux.remove(watcher)
+            with self._registry:
+                self._watches.discard(watch)
+
+        watch._on_close = closed
         with self._registry:
             self._watches.add(watch)
-        stream.start()
-
-    def _watch_closed(self, watch: Watch[Any], stream: _WatchStream) -> None:
-        stream.stop()
-        with self._registry:
-            self._watches.discard(watch)
+        self._mux.add(watcher)
 
     def _watch(self, key: str) -> Watch[KVPair | None]:
         path = self._key(key)
         what = f"watch({key!r})"
         response = self._call(what, "Range", etcdrpc.RangeRequest(key=path))
+        watch: Watch[KVPair | None] = Watch(f"{what} on {self}")
         current = self._pair(response.kvs[0]) if response.kvs else None
-        last: list[KVPair | None] = [current]
-        stream: _WatchStream
+        feed = KeyFeed(watch, self._path(key), self._strip(), current, response.header.revision)
 
-        def closed() -> None:
-            self._watch_closed(watch, stream)
+        def reread() -> int:  # after a compaction: the state now, flagged as a resync
+            again = self._call(what, "Range", etcdrpc.RangeRequest(key=path))
+            feed.reset(self._pair(again.kvs[0]) if again.kvs else None, again.header.revision)
+            return int(again.header.revision)
 
-        watch: Watch[KVPair | None] = Watch(f"{what} on {self}", on_close=closed)
-        watch._emit(current)
-
-        def deliver(pair: KVPair | None, resynced: bool = False) -> None:
-            if pair != last[0]:  # a compaction re-read may find what was delivered already
-                last[0] = pair
-                watch._emit(pair, resynced)
-
-        def on_events(events: Sequence[Any]) -> None:
-            for ev in events:
-                deliver(None if ev.type == ev.DELETE else self._pair(ev.kv))
-
-        def on_compacted() -> int:
-            reread = self._call(what, "Range", etcdrpc.RangeRequest(key=path))
-            deliver(self._pair(reread.kvs[0]) if reread.kvs else None, resynced=True)
-            return int(reread.header.revision)
-
-        stream = _WatchStream(
-            self,
-            what,
-            path,
-            None,
-            response.header.revision + 1,
-            on_events,
-            on_compacted,
-            watch._fail,
-        )
-        self._start_watch(watch, stream)
+        self._open_stream(watch, what, path, None, response.header.revision, feed, reread)
         return watch
 
     def _watch_tree(self, prefix: str) -> Watch[list[KVPair]]:
@@ -794,46 +370,17 @@ class EtcdStore(Store):
         what = f"watch_tree({prefix!r})"
         read = etcdrpc.RangeRequest(key=start, range_end=end)
         response = self._call(what, "Range", read)
-        snapshot: dict[bytes, KVPair] = {kv.key: self._pair(kv) for kv in response.kvs}
-        stream: _WatchStream
+        watch: Watch[list[KVPair]] = Watch(f"{what} on {self}")
+        current = [self._pair(kv) for kv in response.kvs]
+        base = self._path(prefix)
+        feed = TreeFeed(watch, base, self._strip(), current, response.header.revision)
 
-        def emit(resynced: bool = False) -> None:
-            watch._emit([snapshot[k] for k in sorted(snapshot)], resynced)
+        def reread() -> int:
+            again = self._call(what, "Range", read)
+            feed.reset_relative([self._pair(kv) for kv in again.kvs], again.header.revision)
+            return int(again.header.revision)
 
-        def closed() -> None:
-            self._watch_closed(watch, stream)
-
-        watch: Watch[list[KVPair]] = Watch(f"{what} on {self}", on_close=closed)
-        emit()
-
-        def on_events(events: Sequence[Any]) -> None:
-            for ev in events:
-                if ev.type == ev.DELETE:
-                    snapshot.pop(ev.kv.key, None)
-                else:
-                    snapshot[ev.kv.key] = self._pair(ev.kv)
-            emit()
-
-        def on_compacted() -> int:
-            reread = self._call(what, "Range", read)
-            fresh = {kv.key: self._pair(kv) for kv in reread.kvs}
-            if fresh != snapshot:
-                snapshot.clear()
-                snapshot.update(fresh)
-                emit(resynced=True)
-            return int(reread.header.revision)
-
-        stream = _WatchStream(
-            self,
-            what,
-            start,
-            end,
-            response.header.revision + 1,
-            on_events,
-            on_compacted,
-            watch._fail,
-        )
-        self._start_watch(watch, stream)
+        self._open_stream(watch, what, start, end, response.header.revision, feed, reread)
         return watch
 
     # -- leases ----------------------------------------------------------------------------
@@ -1093,10 +640,8 @@ class EtcdStore(Store):
             if lease.id != seen:
                 return
             self._grant(lease)
-            lease.missing = set(lease.keys)
-        log.warning(
-            "the %d s lease of %s expired; re-creating %d keys", lease.ttl, self, len(lease.missing)
-        )
+            missing = self._ttl_keys.lose(lease)
+        log.warning("the %d s lease of %s expired; re-creating %d keys", lease.ttl, self, missing)
         try:
             self._recreate(lease)
         except PyKVError as exc:  # the rest is retried after the next renewal
@@ -1105,23 +650,9 @@ class EtcdStore(Store):
     def _recreate(self, lease: _Lease) -> None:
         """Write the TTL keys of ``lease`` that are missing since it was replaced, only where
         nobody wrote them meanwhile. A failure leaves the rest for the next renewal."""
-        while True:
-            with self._lease_lock:
-                if lease.undo:
-                    path, revision = lease.undo.popitem()
-                    undo = True
-                elif lease.missing:
-                    path, undo = lease.missing.pop(), False
-                else:
-                    return
-            if undo:
-                self._undo_recreation(lease, path, revision)
-                continue
-            with self._lease_lock:
-                value = lease.keys.get(path)
-                lease_id = lease.id
-            if value is None:
-                continue  # deleted or rewritten without TTL by this store meanwhile
+        lease_id = lease.id
+
+        def create(path: bytes, value: bytes) -> Created:
             request = etcdrpc.TxnRequest(
                 compare=[_absent(path)],
                 success=[
@@ -1133,38 +664,22 @@ class EtcdStore(Store):
                     etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=path, keys_only=True))
                 ],
             )
-            try:
-                response = self._call("re-create a TTL key", "Txn", request)
-            except BaseException:
-                with self._lease_lock:
-                    if lease.keys.get(path) is value:
-                        lease.missing.add(path)
-                raise
-            with self._lease_lock:
-                still_wanted = lease.keys.get(path) is value
-                if not response.succeeded:
-                    kvs = response.responses[0].response_range.kvs
-                    if still_wanted and not (kvs and kvs[0].lease == lease_id):
-                        del lease.keys[path]  # someone else wrote the key meanwhile: theirs
-            if response.succeeded and not still_wanted:
-                # This store deleted (or rewrote) the key while it was being re-created; its
-                # delete forgets the key before it is sent, so either the delete came after
-                # this write or the forgetting is seen here. Undo this write unless the key
-                # was written again since.
-                self._undo_recreation(lease, path, response.header.revision)
+            response = self._call("re-create a TTL key", "Txn", request)
+            if response.succeeded:
+                return Created(True, int(response.header.revision))
+            kvs = response.responses[0].response_range.kvs
+            return Created(False, ours=bool(kvs) and kvs[0].lease == lease_id)
 
-    def _undo_recreation(self, lease: _Lease, path: bytes, revision: int) -> None:
-        """Delete ``path`` if it is still at ``revision``; retried with the next renewal."""
-        request = etcdrpc.TxnRequest(
-            compare=[_unchanged(path, revision)],
-            success=[etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=path))],
-        )
-        try:
+        def delete_if_at(path: bytes, revision: int) -> None:
+            request = etcdrpc.TxnRequest(
+                compare=[_unchanged(path, revision)],
+                success=[
+                    etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=path))
+                ],
+            )
             self._call("undo the re-creation of a TTL key", "Txn", request)
-        except BaseException:
-            with self._lease_lock:
-                lease.undo[path] = revision
-            raise
+
+        self._ttl_keys.recreate(lease, create, delete_if_at)
 
     # -- locks -----------------------------------------------------------------------------
 
@@ -1269,13 +784,12 @@ class EtcdStore(Store):
         self._stop.set()
         self._keeper_wake.set()
         with self._registry:
-            waits, watches, streams = list(self._waits), list(self._watches), list(self._streams)
+            waits, watches = list(self._waits), list(self._watches)
         for call in waits:
             call.cancel()
         for watch in watches:
             watch.close()
-        for stream in streams:
-            stream.stop()
+        self._mux.stop()
         if self._keeper is not None and self._keeper is not threading.current_thread():
             self._keeper.join(timeout=self.timeout)
         try:
