@@ -16,6 +16,7 @@ import json
 import math
 import os
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -444,14 +445,71 @@ def load_events(directory: Path) -> list[Event]:
     return sorted(events, key=lambda e: e["t"] if isinstance(e["t"], float | int) else math.inf)
 
 
+#: Driver log lines (in the watcher process's output, where only watches run) that say a watch's
+#: connection, stream or long poll broke and is being reopened: Consul's blocking query failing
+#: or timing out, etcd v3's watch stream failing, etcd v2's long poll breaking or failing over,
+#: kazoo's connection dropping (its watches are re-registered on the new connection).
+RECONNECT_LINE = re.compile(
+    r"retrying in|did not answer|failed on|switching from Consul agent|watch stream failed"
+    r"|cancelled the watch|; retrying|long poll on .* broke|\(retrying\)|failing over"
+    r"|Connection dropped"
+)
+
+
+def watch_log(directory: Path) -> list[Event]:
+    """The watcher's reconnect lines as ``watch-log`` events (their monotonic time first)."""
+    events: list[Event] = []
+    for path in sorted(directory.glob("watcher-*.out")):
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            stamp, _, rest = line.partition(" ")
+            try:
+                t = float(stamp)
+            except ValueError:
+                continue  # a traceback's continuation
+            if RECONNECT_LINE.search(rest):
+                events.append({"type": "watch-log", "proc": path.stem, "t": t, "line": rest[:200]})
+    return events
+
+
 def conclude(run: Run, nemeses: list[str], root: Path) -> Outcome:
-    events = load_events(run.directory)
+    events = sorted(load_events(run.directory) + watch_log(run.directory), key=lambda e: e["t"])
     checks = Checks(overlap_bound=run.target.overlap_bound)
     violations = checks.run(events)
     outcome = Outcome(run.target, events, violations, stats(events), nemeses=nemeses)
     if violations:
         outcome.history = save_history(outcome, root)
+    save_summary(outcome, run.directory)
     return outcome
+
+
+def save_summary(outcome: Outcome, directory: Path) -> Path:
+    """The run's result, pass or fail: stats and violations (for docs/results/faults.json)."""
+    faults = of_type_fault(outcome.events)
+    path = directory / "summary.json"
+    path.write_text(
+        json.dumps(
+            {
+                "target": outcome.target.label,
+                "nemeses": outcome.nemeses,
+                "stats": {k: _finite(v) for k, v in outcome.stats.items()},
+                "violations": [{**v.__dict__, "t": _finite(v.t)} for v in outcome.violations],
+                "faulted nodes": dict(Counter(str(f["node"]) for f in faults)),
+                "fault seconds": (faults[-1]["healthy"] - faults[0]["t"]) if faults else 0.0,
+            },
+            indent=1,
+            default=str,
+        )
+    )
+    return path
+
+
+def _finite(value: Any) -> Any:
+    """Strict JSON has no infinity: an unbounded measurement (never happened) becomes null."""
+    return None if isinstance(value, float) and math.isinf(value) else value
+
+
+def of_type_fault(events: list[Event]) -> list[Event]:
+    return [e for e in events if e["type"] == "fault"]
 
 
 def save_history(outcome: Outcome, root: Path) -> Path:
@@ -479,6 +537,7 @@ COLUMNS = (
     "indeterminate",
     "faults",
     "watch errors",
+    "watch reconnects",
     "overlap",
     "stale",
     "lost writes",
@@ -509,6 +568,7 @@ def table(rows: Sequence[tuple[str, str, Outcome]]) -> str:
                 str(s["indeterminate"]),
                 str(s["faults"]),
                 str(s["watch errors"]),
+                str(s["watch reconnects"]),
                 str(found["overlap"]),
                 str(found["stale-write"] + found["stale-accepted"]),
                 str(found["lost-write"]),
