@@ -290,9 +290,12 @@ def run_faults(
     writers: int = 2,
     ttl: float = 3.0,
     log: Callable[[str], None] = print,
+    meta: dict[str, Any] | None = None,
 ) -> list[Outcome]:
     """Run the workloads on every target while ``nemeses`` act: each once, in order, or in
-    turn until ``duration`` seconds have passed. Returns one outcome per target."""
+    turn until ``duration`` seconds have passed. Returns one outcome per target; each run's
+    directory gets a ``summary.json`` (stats, violations, and ``meta``: the command, the
+    commit)."""
     for nemesis in nemeses:
         if nemesis not in NEMESES:
             raise ValueError(f"unknown nemesis {nemesis!r}; known: {', '.join(NEMESES)}")
@@ -368,6 +371,7 @@ def run_faults(
                         nemeses if duration is None else dict.fromkeys(e["nemesis"] for e in faults)
                     ),
                     directory,
+                    meta or {},
                 )
             )
     finally:
@@ -471,24 +475,25 @@ def watch_log(directory: Path) -> list[Event]:
     return events
 
 
-def conclude(run: Run, nemeses: list[str], root: Path) -> Outcome:
+def conclude(run: Run, nemeses: list[str], root: Path, meta: dict[str, Any]) -> Outcome:
     events = sorted(load_events(run.directory) + watch_log(run.directory), key=lambda e: e["t"])
     checks = Checks(overlap_bound=run.target.overlap_bound)
     violations = checks.run(events)
     outcome = Outcome(run.target, events, violations, stats(events), nemeses=nemeses)
     if violations:
         outcome.history = save_history(outcome, root)
-    save_summary(outcome, run.directory)
+    save_summary(outcome, run.directory, meta)
     return outcome
 
 
-def save_summary(outcome: Outcome, directory: Path) -> Path:
+def save_summary(outcome: Outcome, directory: Path, meta: dict[str, Any]) -> Path:
     """The run's result, pass or fail: stats and violations (for docs/results/faults.json)."""
     faults = of_type_fault(outcome.events)
     path = directory / "summary.json"
     path.write_text(
         json.dumps(
             {
+                **meta,
                 "target": outcome.target.label,
                 "nemeses": outcome.nemeses,
                 "stats": {k: _finite(v) for k, v in outcome.stats.items()},
