@@ -203,6 +203,38 @@ def start_run(target: Target, directory: Path, lock_workers: int, writers: int, 
     return run
 
 
+READY_TIMEOUT = 60.0
+#: The first event of each role that shows the process is at work.
+WORKING = {"writer": ("put",), "lock": ("acquire",), "watcher": ("watch", "tree")}
+
+
+def working(process: Process, directory: Path) -> bool:
+    """Whether the process recorded the first answered operation(s) of its role."""
+    role = process.name.rsplit("-", 1)[0]
+    wanted = set(WORKING.get(role, ()))
+    path = directory / f"{process.name}.jsonl"
+    if not path.exists():
+        return not wanted
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            event = json.loads(line)
+            if event.get("ok", True):
+                wanted.discard(event.get("type"))
+    return not wanted
+
+
+def wait_working(runs: Sequence[Run], timeout: float, log: Callable[[str], None]) -> None:
+    """Wait (up to ``timeout``) until every workload process is at work, then a second more."""
+    deadline = time.monotonic() + timeout
+    pending = [(run, p) for run in runs for p in (run.watcher, *run.workers)]
+    while pending and time.monotonic() < deadline:
+        pending = [(run, p) for run, p in pending if not working(p, run.directory)]
+        time.sleep(0.2)
+    if pending:
+        log(f"not yet at work after {timeout:.0f} s: {', '.join(p.name for _, p in pending)}")
+    time.sleep(1.0)
+
+
 # ------------------------------------------------------------------------------------------------
 # Nemeses
 
@@ -306,7 +338,10 @@ def run_faults(
     try:
         for target in targets:
             runs.append(start_run(target, directory / target.label, lock_workers, writers, ttl))
-        time.sleep(3.0)  # workers connect and start contending before the first fault
+        # every workload working before the first fault: on a loaded machine, starting ten
+        # interpreters can take longer than a fault, and a fault before the first operation
+        # measures the start-up, not the driver (a "resume" of 19 s after a follower's kill)
+        wait_working(runs, READY_TIMEOUT, log)
         began = time.monotonic()
         i = 0
         while True:
