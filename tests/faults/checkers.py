@@ -408,6 +408,19 @@ def nemesis_at(events: list[Event], t: float) -> str:
     return name
 
 
+RECONNECT_GAP = 3.0  # driver lines closer than this belong to one outage of the watcher
+
+
+def watch_reconnects(events: list[Event], gap: float = RECONNECT_GAP) -> int:
+    """How many times the watcher's watches were broken and reopened: episodes of ``watch-log``
+    events (a driver's line saying a watch connection or long poll broke, from the watcher
+    process's log) and ``watch-error``/``tree-error`` events (a watch that failed and was
+    reopened), lines less than ``gap`` apart counting as one episode. The counter and tree
+    watches broken by the same fault count once."""
+    times = [e["t"] for e in of_type(events, "watch-log", "watch-error", "tree-error")]
+    return sum(1 for i, t in enumerate(times) if i == 0 or t - times[i - 1] >= gap)
+
+
 def stats(events: list[Event]) -> dict[str, Any]:
     """The long run's table row: counts and worst measurements."""
     register = of_type(events, "register")
@@ -424,6 +437,7 @@ def stats(events: list[Event]) -> dict[str, Any]:
         "indeterminate": indeterminate,
         "faults": len(of_type(events, "fault")),
         "watch errors": len(of_type(events, "watch-error", "tree-error")),
+        "watch reconnects": watch_reconnects(events),
         "max lock gap": max_lock_gap(events),
         "max resume": max(resumes, default=0.0),
         "ttl outlived": ttl_outlived(events),

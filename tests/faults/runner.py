@@ -16,6 +16,7 @@ import json
 import math
 import os
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -202,6 +203,38 @@ def start_run(target: Target, directory: Path, lock_workers: int, writers: int, 
     return run
 
 
+READY_TIMEOUT = 60.0
+#: The first event of each role that shows the process is at work.
+WORKING = {"writer": ("put",), "lock": ("acquire",), "watcher": ("watch", "tree")}
+
+
+def working(process: Process, directory: Path) -> bool:
+    """Whether the process recorded the first answered operation(s) of its role."""
+    role = process.name.rsplit("-", 1)[0]
+    wanted = set(WORKING.get(role, ()))
+    path = directory / f"{process.name}.jsonl"
+    if not path.exists():
+        return not wanted
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            event = json.loads(line)
+            if event.get("ok", True):
+                wanted.discard(event.get("type"))
+    return not wanted
+
+
+def wait_working(runs: Sequence[Run], timeout: float, log: Callable[[str], None]) -> None:
+    """Wait (up to ``timeout``) until every workload process is at work, then a second more."""
+    deadline = time.monotonic() + timeout
+    pending = [(run, p) for run in runs for p in (run.watcher, *run.workers)]
+    while pending and time.monotonic() < deadline:
+        pending = [(run, p) for run, p in pending if not working(p, run.directory)]
+        time.sleep(0.2)
+    if pending:
+        log(f"not yet at work after {timeout:.0f} s: {', '.join(p.name for _, p in pending)}")
+    time.sleep(1.0)
+
+
 # ------------------------------------------------------------------------------------------------
 # Nemeses
 
@@ -289,9 +322,12 @@ def run_faults(
     writers: int = 2,
     ttl: float = 3.0,
     log: Callable[[str], None] = print,
+    meta: dict[str, Any] | None = None,
 ) -> list[Outcome]:
     """Run the workloads on every target while ``nemeses`` act: each once, in order, or in
-    turn until ``duration`` seconds have passed. Returns one outcome per target."""
+    turn until ``duration`` seconds have passed. Returns one outcome per target; each run's
+    directory gets a ``summary.json`` (stats, violations, and ``meta``: the command, the
+    commit)."""
     for nemesis in nemeses:
         if nemesis not in NEMESES:
             raise ValueError(f"unknown nemesis {nemesis!r}; known: {', '.join(NEMESES)}")
@@ -302,7 +338,10 @@ def run_faults(
     try:
         for target in targets:
             runs.append(start_run(target, directory / target.label, lock_workers, writers, ttl))
-        time.sleep(3.0)  # workers connect and start contending before the first fault
+        # every workload working before the first fault: on a loaded machine, starting ten
+        # interpreters can take longer than a fault, and a fault before the first operation
+        # measures the start-up, not the driver (a "resume" of 19 s after a follower's kill)
+        wait_working(runs, READY_TIMEOUT, log)
         began = time.monotonic()
         i = 0
         while True:
@@ -367,6 +406,7 @@ def run_faults(
                         nemeses if duration is None else dict.fromkeys(e["nemesis"] for e in faults)
                     ),
                     directory,
+                    meta or {},
                 )
             )
     finally:
@@ -444,14 +484,72 @@ def load_events(directory: Path) -> list[Event]:
     return sorted(events, key=lambda e: e["t"] if isinstance(e["t"], float | int) else math.inf)
 
 
-def conclude(run: Run, nemeses: list[str], root: Path) -> Outcome:
-    events = load_events(run.directory)
+#: Driver log lines (in the watcher process's output, where only watches run) that say a watch's
+#: connection, stream or long poll broke and is being reopened: Consul's blocking query failing
+#: or timing out, etcd v3's watch stream failing, etcd v2's long poll breaking or failing over,
+#: kazoo's connection dropping (its watches are re-registered on the new connection).
+RECONNECT_LINE = re.compile(
+    r"retrying in|did not answer|failed on|switching from Consul agent|watch stream failed"
+    r"|cancelled the watch|; retrying|long poll on .* broke|\(retrying\)|failing over"
+    r"|Connection dropped"
+)
+
+
+def watch_log(directory: Path) -> list[Event]:
+    """The watcher's reconnect lines as ``watch-log`` events (their monotonic time first)."""
+    events: list[Event] = []
+    for path in sorted(directory.glob("watcher-*.out")):
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            stamp, _, rest = line.partition(" ")
+            try:
+                t = float(stamp)
+            except ValueError:
+                continue  # a traceback's continuation
+            if RECONNECT_LINE.search(rest):
+                events.append({"type": "watch-log", "proc": path.stem, "t": t, "line": rest[:200]})
+    return events
+
+
+def conclude(run: Run, nemeses: list[str], root: Path, meta: dict[str, Any]) -> Outcome:
+    events = sorted(load_events(run.directory) + watch_log(run.directory), key=lambda e: e["t"])
     checks = Checks(overlap_bound=run.target.overlap_bound)
     violations = checks.run(events)
     outcome = Outcome(run.target, events, violations, stats(events), nemeses=nemeses)
     if violations:
         outcome.history = save_history(outcome, root)
+    save_summary(outcome, run.directory, meta)
     return outcome
+
+
+def save_summary(outcome: Outcome, directory: Path, meta: dict[str, Any]) -> Path:
+    """The run's result, pass or fail: stats and violations (for docs/results/faults.json)."""
+    faults = of_type_fault(outcome.events)
+    path = directory / "summary.json"
+    path.write_text(
+        json.dumps(
+            {
+                **meta,
+                "target": outcome.target.label,
+                "nemeses": outcome.nemeses,
+                "stats": {k: _finite(v) for k, v in outcome.stats.items()},
+                "violations": [{**v.__dict__, "t": _finite(v.t)} for v in outcome.violations],
+                "faulted nodes": dict(Counter(str(f["node"]) for f in faults)),
+                "fault seconds": (faults[-1]["healthy"] - faults[0]["t"]) if faults else 0.0,
+            },
+            indent=1,
+            default=str,
+        )
+    )
+    return path
+
+
+def _finite(value: Any) -> Any:
+    """Strict JSON has no infinity: an unbounded measurement (never happened) becomes null."""
+    return None if isinstance(value, float) and math.isinf(value) else value
+
+
+def of_type_fault(events: list[Event]) -> list[Event]:
+    return [e for e in events if e["type"] == "fault"]
 
 
 def save_history(outcome: Outcome, root: Path) -> Path:
@@ -479,6 +577,7 @@ COLUMNS = (
     "indeterminate",
     "faults",
     "watch errors",
+    "watch reconnects",
     "overlap",
     "stale",
     "lost writes",
@@ -509,6 +608,7 @@ def table(rows: Sequence[tuple[str, str, Outcome]]) -> str:
                 str(s["indeterminate"]),
                 str(s["faults"]),
                 str(s["watch errors"]),
+                str(s["watch reconnects"]),
                 str(found["overlap"]),
                 str(found["stale-write"] + found["stale-accepted"]),
                 str(found["lost-write"]),

@@ -28,8 +28,9 @@ from faults.checkers import (
     check_writes,
     holds,
     nemesis_at,
+    watch_reconnects,
 )
-from faults.runner import WORKLOAD, load_events
+from faults.runner import WORKLOAD, Process, load_events, watch_log, working
 
 
 def ev(kind: str, t: float, proc: str = "p", **fields: Any) -> Event:
@@ -189,6 +190,45 @@ def test_ttl_bound() -> None:
     assert checks_of(check_ttl([late])) == {"ttl"}
     never = dict(ok, keys_gone=None)
     assert checks_of(check_ttl([never])) == {"ttl"}
+
+
+def test_watch_reconnects_from_the_watchers_log(tmp_path: Path) -> None:
+    (tmp_path / "watcher-0.out").write_text(
+        "10.000 pykv.etcd2 s: watch('counter'): long poll on http://a broke: reset\n"
+        "10.100 pykv.etcd2 s: watch_tree('w'): long poll on http://a broke: reset\n"
+        "  a traceback line\n"
+        "11.000 pykv.etcd2 s: failing over to http://b\n"
+        "20.000 pykv.zookeeper.kazoo Connection dropped: socket connection broken\n"
+        "25.000 pykv.etcd2 s: watch('counter'): event index cleared, re-reading\n"
+    )
+    events = watch_log(tmp_path)
+    assert [e["t"] for e in events] == [10.0, 10.1, 11.0, 20.0]  # not the index clearing
+    # one outage breaking both watches counts once; a later one, or a reopened watch, again
+    assert watch_reconnects(events) == 2
+    assert watch_reconnects([*events, ev("tree-error", 30.0, "watcher-0")]) == 3
+    assert watch_reconnects([]) == 0
+
+
+def test_workloads_count_as_working_after_their_first_answered_operation(tmp_path: Path) -> None:
+    def proc(name: str) -> Process:
+        process = Process.__new__(Process)  # no child: only its name matters here
+        process.name = name
+        return process
+
+    writer, watcher = proc("writer-0"), proc("watcher-0")
+    assert not working(writer, tmp_path)  # no history yet
+    (tmp_path / "writer-0.jsonl").write_text(
+        '{"type": "start", "t": 1}\n{"type": "put", "t": 2, "ok": false}\n'
+    )
+    assert not working(writer, tmp_path)  # an operation that failed does not count
+    with (tmp_path / "writer-0.jsonl").open("a") as f:
+        f.write('{"type": "put", "t": 3, "ok": true}\n')
+    assert working(writer, tmp_path)
+    (tmp_path / "watcher-0.jsonl").write_text('{"type": "watch", "t": 1}\n')
+    assert not working(watcher, tmp_path)  # its tree watch has not answered yet
+    with (tmp_path / "watcher-0.jsonl").open("a") as f:
+        f.write('{"type": "tree", "t": 2}\n')
+    assert working(watcher, tmp_path)
 
 
 def test_resume_after_a_new_leader() -> None:

@@ -302,6 +302,10 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(mono).3f %(name)s %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(_stamp)
+    if args.role == "watcher":
+        # the drivers log each broken watch connection or long poll at INFO: the runner counts
+        # these lines as the watch's reconnects (see runner.watch_log)
+        logging.getLogger("pykv").setLevel(logging.INFO)
     rec = Recorder(args.dir / f"{proc}.jsonl", proc)
     rec.record("start", pid=os.getpid())
     try:

@@ -21,6 +21,7 @@ from _proxy import TcpProxy as _Proxy
 
 import pykv
 from pykv import StoreURL
+from pykv.testing._support import drain_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.etcd]
 
@@ -255,3 +256,39 @@ def test_v2_close_with_many_hung_watches_takes_one_timeout(
         time.sleep(0.1)
     with pykv.open_store(etcd2_url, prefix=prefix) as other:
         other.delete_tree("")
+
+
+def test_v2_watch_fails_over_from_a_member_that_stopped_answering(
+    etcd2_url: str, prefix: str
+) -> None:
+    """Fault-suite finding (etcd2 x partition-client: acknowledged counter values reached the
+    watch 5.1 s after their ack): a long poll on a member that no longer answers looks idle;
+    it timed out (the store's timeout, 3 s), then the re-read that follows went to the same
+    member and timed out too (2 s more), before the watch failed over. A silent member must
+    cost the watch one poll, not a poll and a read: a change reaches it within the store's
+    timeout and a margin, inside the suite's 5 s bound."""
+    address = _address(etcd2_url)
+    silent, healthy = _Proxy(address), _Proxy(address)  # two "members" of one real server
+    url = f"etcd2://127.0.0.1:{silent.port},127.0.0.1:{healthy.port}"
+    timeout = 3.0
+    watcher = pykv.open_store(url, prefix=prefix, timeout=timeout)
+    writer = pykv.open_store(etcd2_url, prefix=prefix, timeout=5)
+    try:
+        writer.put("k", b"0")
+        with watcher.watch("k") as watch:
+            drain_until(watch, lambda e: e is not None and e.value == b"0", 10)
+            writer.put("k", b"1")  # the long poll is on the first member and flowing
+            drain_until(watch, lambda e: e is not None and e.value == b"1", 5)
+            silent.stall()  # the first member stops answering, as behind a dropping firewall
+            writer.put("k", b"2")
+            started = time.monotonic()
+            drain_until(watch, lambda e: e is not None and e.value == b"2", 10)
+            took = time.monotonic() - started
+            assert watch.error is None
+        assert took < min(timeout + 1.0, 5.0), f"the change reached the watch after {took:.1f} s"
+    finally:
+        silent.close()
+        healthy.close()
+        watcher.close()
+        writer.delete_tree("")
+        writer.close()

@@ -995,6 +995,7 @@ class Etcd2Store(Store):
                     f"{what} on {self}: TLS failed with {endpoint}: {exc}"
                 ) from exc
             except ReadTimeoutError:
+                self._failover(endpoint_index)  # etcd sends a poll's headers at once: no answer
                 return None
             except HTTPError as exc:
                 self._failover(endpoint_index)
@@ -1015,7 +1016,11 @@ class Etcd2Store(Store):
                     data = resp.read()
                     complete = bool(data)
                 except ReadTimeoutError:
-                    return None  # an idle long poll: not an error
+                    # an idle long poll, or a member that stopped answering (cut off, frozen):
+                    # the re-read that follows goes to the next member, so a silent member
+                    # delays the watch by one poll, not by a poll and a read timing out
+                    self._failover(endpoint_index)
+                    return None
                 except (HTTPError, OSError) as exc:
                     if poll.stop.is_set():
                         return None

@@ -1289,7 +1289,10 @@ class _TreeWatcher(_Watcher):
         with self.lock:
             if self.watch.closed:
                 return
-            paths = [self.root, *self.data]
+            # also the children listed but never read: a first read lost with the connection
+            # leaves a child in `children` only, and no later listing shows it as new
+            listed = (f"{p.rstrip('/')}/{n}" for p, names in self.children.items() for n in names)
+            paths = [self.root, *dict.fromkeys([*self.data, *listed])]
         self._call("exists", self.root)
         for path in paths:
             self._read(path)
