@@ -245,7 +245,10 @@ class TreeFeed:
                     removed[rel] = None
             else:
                 pair = new_pair(rel, ch.value, ch.revision)
-                if self.tree.put(pair) is not None or rel in added:
+                old = self.tree.put(pair)
+                if old is not None and _same(old, pair):
+                    continue  # a re-read of what the tree holds: nothing changed
+                if old is not None or rel in added:
                     (added if rel in added else modified)[rel] = pair
                 elif rel in removed:  # removed earlier in this batch and written again
                     del removed[rel]

@@ -85,6 +85,7 @@ def test_tree_feed_emits_one_snapshot_per_batch_with_its_delta() -> None:
     assert snap == [KVPair("t/b", b"2", 7)]
     assert isinstance(snap, Snapshot)
     assert snap.delta == TreeChange(modified=(KVPair("t/b", b"2", 7),), removed=("t/a",))
+    feed.apply([Change(7, "/p/t/b", b"2", seq=9)])  # a re-read of the same state
     feed.apply([Change(7, "/p/t/z", b"late")])  # not past the last position
     feed.apply([Change(8, "/p/t/gone", None)])  # deleting what is not there changes nothing
     assert drain(watch) == []

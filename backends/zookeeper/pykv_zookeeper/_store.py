@@ -51,6 +51,7 @@ from pykv import (
     UnavailableError,
     Watch,
 )
+from pykv.kit import Change, TreeFeed
 
 __all__ = ["ZooKeeperOptions", "ZooKeeperStore"]
 
@@ -1274,8 +1275,9 @@ class _KeyWatcher(_Watcher):
 
 class _TreeWatcher(_Watcher):
     """A watched copy of a subtree: a data and a child watch on every node below the root,
-    an exists watch on the root while it is absent. A snapshot is emitted whenever no read is
-    outstanding and the keys differ from the last snapshot."""
+    an exists watch on the root while it is absent. Whenever no read is outstanding, the
+    paths read or removed since the last time go to the core's tree feed, which delivers a
+    snapshot if they changed anything (the cost follows what changed, not the tree)."""
 
     def __init__(self, store: ZooKeeperStore, prefix: str, path: str) -> None:
         super().__init__(store, f"watch_tree {prefix!r} on {store}")
@@ -1283,7 +1285,11 @@ class _TreeWatcher(_Watcher):
         self.data: dict[str, tuple[bytes | None, int]] = {}
         self.children: dict[str, set[str]] = {}
         self.outstanding = 0
-        self.last: list[KVPair] | None = None
+        #: created at the first settled state (which is the first snapshot)
+        self.feed: TreeFeed | None = None
+        #: paths read or removed since the feed last saw them
+        self.dirty: dict[str, None] = {}
+        self.seq = 0
 
     def refresh(self) -> None:
         with self.lock:
@@ -1336,6 +1342,7 @@ class _TreeWatcher(_Watcher):
         below = path.rstrip("/") + "/"
         for known in [p for p in self.data if p == path or p.startswith(below)]:
             del self.data[known]
+            self.dirty[known] = None
         for known in [p for p in self.children if p == path or p.startswith(below)]:
             del self.children[known]
 
@@ -1365,6 +1372,7 @@ class _TreeWatcher(_Watcher):
                 old = self.data.get(path)
                 if old is None or stat.mzxid >= old[1]:
                     self.data[path] = (data, stat.mzxid)
+                    self.dirty[path] = None
             else:
                 names = set(value)
                 if path == "/":
@@ -1387,19 +1395,24 @@ class _TreeWatcher(_Watcher):
         with self.lock:
             if self.outstanding or self.watch.closed:
                 return
-            strip = self.store._rel
-            snapshot = sorted(
-                (
-                    KVPair(strip(p), d, rev)
+            rel = self.store._rel
+            if self.feed is None:
+                current = [
+                    KVPair(rel(p), d, rev)
                     for p, (d, rev) in self.data.items()
                     if d is not None and p != self.root
-                ),
-                key=lambda pair: pair.key,
-            )
-            if snapshot == self.last:
-                return
-            self.last = snapshot
-            self.watch._emit(snapshot)
+                ]
+                self.feed = TreeFeed(self.watch, "", 0, current, 0)
+            else:
+                changes = []
+                for path in self.dirty:
+                    if path == self.root:
+                        continue
+                    data, revision = self.data.get(path, (None, 0))
+                    self.seq += 1  # the reads are ordered here already (newest mzxid wins)
+                    changes.append(Change(revision, rel(path), data, self.seq))
+                self.feed.apply(changes)
+            self.dirty.clear()
 
 
 class _ZooKeeperLock(Lock):
