@@ -137,6 +137,7 @@ from pykv import (
     UnavailableError,
     Watch,
 )
+from pykv.kit import Change, SortedTree, TreeFeed
 
 __all__ = ["Etcd2Options", "Etcd2Store"]
 
@@ -1293,32 +1294,42 @@ class _KeyWatch(_WatchWorker):
 
 
 class _TreeWatch(_WatchWorker):
+    """The events below the prefix, handed to the core's tree feed one by one (keys relative
+    to the store; each event's position is its order here: this thread sees them in order)."""
+
     watch: Watch[list[KVPair]]
 
     def __init__(self, store: Etcd2Store, prefix: str, pairs: list[KVPair], index: int) -> None:
         super().__init__(store, f"watch_tree({prefix!r})", store._node(prefix), index)
         self._make_watch(f"watch_tree({prefix!r})")
         self.prefix = prefix
-        self.snapshot = {p.key: p for p in pairs}
         self.moving: set[str] = set()
-        self.watch._emit(pairs)
+        self.seq = 0
+        self.feed = TreeFeed(self.watch, "", 0, pairs, 0)
 
-    def _emit(self) -> None:
-        self.watch._emit([self.snapshot[k] for k in sorted(self.snapshot)])
+    def _change(self, key: str, pair: KVPair | None) -> None:
+        self.seq += 1
+        if pair is None:
+            self.feed.apply([Change(self.seq, key, None, self.seq)])
+        else:
+            self.feed.apply([Change(pair.revision, key, pair.value, self.seq)])
 
     def _below(self, key: str) -> bool:
         return not self.prefix or key.startswith(self.prefix + "/")
 
     def _resync(self) -> int:
         pairs, index = self.store._read_tree(self.prefix, self.what, quorum=True)
-        fresh = {p.key: p for p in pairs}
-        changed = fresh.keys() != self.snapshot.keys() or any(
-            fresh[k].value != self.snapshot[k].value for k in fresh
-        )
-        self.snapshot = fresh
+        self.seq += 1
         self.moving.clear()
-        if changed:
-            self._emit()
+        # a refresh of a TTL key changes its revision only: compare values, not revisions
+        tree = self.feed.tree
+        if len(pairs) != len(tree) or any(
+            (old := tree.get(p.key)) is None or old.value != p.value for p in pairs
+        ):
+            self.feed.reset_relative(pairs, self.seq, resynced=False)
+        else:
+            self.feed.tree = SortedTree(pairs)
+            self.feed.after = self.seq
         return index
 
     def _apply(self, event: dict[str, Any]) -> None:
@@ -1326,18 +1337,7 @@ class _TreeWatch(_WatchWorker):
         path = str(node.get("key", ""))
         action = event.get("action")
         if action in _DELETES and (node.get("dir") or (event.get("prevNode") or {}).get("dir")):
-            if _covers(path, self.path):
-                gone = list(self.snapshot)
-            else:
-                key = self.store._key_of(path + "/x")
-                if key is None:
-                    return
-                base = key.rpartition("/")[0]
-                gone = [k for k in self.snapshot if k == base or k.startswith(base + "/")]
-            if gone:
-                for k in gone:
-                    del self.snapshot[k]
-                self._emit()
+            self._remove_dir(path)
             return
         if node.get("dir"):
             return
@@ -1349,21 +1349,37 @@ class _TreeWatch(_WatchWorker):
                 self.moving.add(key)
                 return
             self.moving.discard(key)
-            if self.snapshot.pop(key, None) is not None:
-                self._emit()
+            self._change(key, None)
             return
         text = str(node.get("value", ""))
         if text.startswith(MOVING):
             self.moving.add(key)
             return
         pair = self.store._pair(key, node)
-        old = self.snapshot.get(key)
-        self.snapshot[key] = pair
         if key in self.moving:
             self.moving.discard(key)
+            old = self.feed.tree.get(key)
             if old is not None and old.value == pair.value and path.endswith("/" + VALUE_LEAF):
+                self.feed.tree.put(pair)  # the move changed the revision, not the value
                 return
-        self._emit()
+        self._change(key, pair)
+
+    def _remove_dir(self, path: str) -> None:
+        if _covers(path, self.path):
+            gone = [p.key for p in self.feed.tree.pairs()]
+        else:
+            key = self.store._key_of(path + "/x")
+            if key is None:
+                return
+            base = key.rpartition("/")[0]
+            gone = [
+                p.key
+                for p in self.feed.tree.pairs()
+                if p.key == base or p.key.startswith(base + "/")
+            ]
+        if gone:
+            self.seq += 1
+            self.feed.apply([Change(self.seq, k, None, self.seq) for k in gone])
 
 
 # -- locks ------------------------------------------------------------------------------------
