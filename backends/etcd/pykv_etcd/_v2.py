@@ -332,7 +332,7 @@ class Etcd2Store(Store):
         self._locks: set[_Etcd2Lock] = set()
         self._keepalive: threading.Thread | None = None
         self._wake = threading.Event()
-        self._watches: set[_WatchWorker] = set()
+        self._poller = _Poller(self)
 
     # -- HTTP and errors: the one place that maps urllib3's and etcd's errors ---------------
 
@@ -1059,9 +1059,7 @@ class Etcd2Store(Store):
             return body
 
     def _start_watch(self, worker: _WatchWorker) -> None:
-        with self._mutex:
-            self._watches.add(worker)
-        worker.thread.start()
+        self._poller.add(worker, worker.after)
 
     def _changed_since(self, key: str, since: int, *, tree: bool) -> bool | None:
         # The v2 history (the last 1000 events) answers a wait from `since + 1` at once when
@@ -1118,19 +1116,17 @@ class Etcd2Store(Store):
         finally:
             self._stop.set()
             self._wake.set()
-            with self._mutex:
-                watches = list(self._watches)
-            # Stop every thread first, then wait for all of them together: a thread stuck in
-            # a call ends with it, at the latest after one timeout, whatever their number.
-            for worker in watches:
-                worker.poll.interrupt()
-            for worker in watches:
-                worker.watch.close()  # does not join: the store is closing (see _closed)
+            with self._poller.lock:
+                watches = list(self._poller.watches)
+            # Stop both threads first, then wait for them together: a thread stuck in a call
+            # ends with it, at the latest after one timeout.
             deadline = time.monotonic() + self.timeout
+            self._poller.poll.interrupt()
+            for worker in watches:
+                worker.watch.close()
             if self._keepalive is not None and self._keepalive is not threading.current_thread():
                 self._keepalive.join(timeout=max(0.0, deadline - time.monotonic()))
-            for worker in watches:
-                worker.join(deadline)
+            self._poller.stop(deadline)
             self._http.clear()
 
 
@@ -1151,8 +1147,114 @@ def _compare_index(reply: _Reply) -> int | None:
 # -- watch workers ----------------------------------------------------------------------------
 
 
+class _Poller:
+    """Every watch of a store on one long poll of the store's root (recursive), one thread.
+
+    Each event goes to every watch, whose ``_apply`` keeps what concerns it and skips what is
+    not past its own index (``after``). A watch that starts behind the poll (its first read
+    was older than the poll's position) reads its state again first, so it misses nothing.
+    When etcd forgot the poll's position (its history keeps 1000 events) every watch reads its
+    state again. ``lock`` serializes the thread's dispatch with adding watches."""
+
+    def __init__(self, store: Etcd2Store) -> None:
+        self.store = store
+        self.lock = threading.Lock()
+        self.watches: list[_WatchWorker] = []
+        self.next_index = 0
+        self.poll = _Poll()
+        self.wake = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def add(self, worker: _WatchWorker, index: int) -> None:
+        with self.lock:
+            if self.poll.stop.is_set():
+                raise UnavailableError(f"{worker.what}: the store {self.store} is closed")
+            if index + 1 < self.next_index:
+                worker.after = worker._resync()  # the poll is past the first read: read again
+            else:
+                worker.after = index
+                if not self.watches:
+                    self.next_index = index + 1  # no watch needs what came before
+            self.watches.append(worker)
+            if self.thread is None:
+                self.thread = threading.Thread(
+                    target=self._run, name=f"pykv-etcd2 watch(es) of {self.store}", daemon=True
+                )
+                self.thread.start()
+        self.wake.set()
+
+    def remove(self, worker: _WatchWorker) -> None:
+        with self.lock:
+            if worker in self.watches:
+                self.watches.remove(worker)
+
+    def stop(self, deadline: float) -> None:
+        self.poll.interrupt()
+        self.wake.set()
+        thread = self.thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+
+    def _run(self) -> None:
+        pause = 0.1
+        while not self.poll.stop.is_set():
+            try:
+                self._once()
+                pause = 0.1
+            except (UnavailableError, KeyNotFoundError) as exc:
+                if self.poll.stop.is_set():
+                    return
+                log.warning("%s: watching: %s (retrying)", self.store, exc)
+                self.poll.stop.wait(pause)
+                pause = min(pause * 2, 2.0)
+            except Exception as exc:  # anything else ends every watch with the error
+                if self.poll.stop.is_set():
+                    return
+                log.exception("%s: the watch poll failed", self.store)
+                error = (
+                    exc
+                    if isinstance(exc, PyKVError)
+                    else UnavailableError(f"watching {self.store} failed: {exc}")
+                )
+                with self.lock:
+                    watches, self.watches = self.watches, []
+                    self.thread = None  # the next watch starts a new poll
+                for worker in watches:
+                    worker.watch._fail(error)
+                return
+
+    def _once(self) -> None:
+        store = self.store
+        with self.lock:
+            idle, index = not self.watches, self.next_index
+        if idle:
+            self.wake.wait(1.0)
+            self.wake.clear()
+            return
+        try:
+            event = store._wait(store._node(""), index, True, self.poll, store.timeout, "watch")
+        except _IndexCleared:
+            log.info("%s: watching: event index cleared, re-reading", store)
+            with self.lock:
+                indices = [worker._resync() for worker in self.watches]
+                for worker, read in zip(self.watches, indices, strict=True):
+                    worker.after = read
+                if indices:
+                    self.next_index = min(indices) + 1
+            return
+        if event is None or self.poll.stop.is_set():
+            return  # no answer in time: the next poll goes to the next member
+        position = int(event["node"]["modifiedIndex"])
+        with self.lock:
+            for worker in self.watches:
+                if position > worker.after:
+                    worker.after = position
+                    worker._apply(event)
+            self.next_index = max(self.next_index, position + 1)
+
+
 class _WatchWorker:
-    """One long-polling thread feeding one :class:`Watch`."""
+    """The state of one :class:`Watch`, fed by the store's :class:`_Poller`."""
 
     watch: Watch[Any]
 
@@ -1160,66 +1262,14 @@ class _WatchWorker:
         self.store = store
         self.path = path
         self.what = description
-        self.next_index = index + 1
-        self.poll = _Poll()
-        self.thread = threading.Thread(
-            target=self._run, name=f"pykv-etcd2 {description}", daemon=True
-        )
+        #: the index of the last event applied (or of the last read)
+        self.after = index
 
     def _make_watch(self, description: str) -> None:
         self.watch = Watch(f"{description} on {self.store}", on_close=self._closed)
 
     def _closed(self) -> None:
-        self.poll.interrupt()
-        with self.store._mutex:
-            self.store._watches.discard(self)
-        if not self.store._stop.is_set():  # else the store's close() joins every watch at once
-            self.join()
-
-    def join(self, deadline: float | None = None) -> None:
-        """Wait for the thread to end, up to ``deadline`` (default: one timeout from now)."""
-        if deadline is None:
-            deadline = time.monotonic() + self.store.timeout
-        if self.thread.is_alive() and self.thread is not threading.current_thread():
-            self.thread.join(timeout=max(0.0, deadline - time.monotonic()))
-
-    def _run(self) -> None:
-        store = self.store
-        poll_timeout = store.timeout
-        pause = 0.1
-        while not self.poll.stop.is_set():
-            try:
-                try:
-                    event = store._wait(
-                        self.path, self.next_index, True, self.poll, poll_timeout, self.what
-                    )
-                except _IndexCleared:
-                    log.info("%s: %s: event index cleared, re-reading", store, self.what)
-                    event = None
-                if self.poll.stop.is_set():
-                    return
-                if event is None:
-                    self.next_index = self._resync() + 1
-                else:
-                    self._apply(event)
-                    self.next_index = int(event["node"]["modifiedIndex"]) + 1
-                pause = 0.1
-            except (UnavailableError, KeyNotFoundError) as exc:
-                if self.poll.stop.is_set():
-                    return
-                log.warning("%s: %s: %s (retrying)", store, self.what, exc)
-                self.poll.stop.wait(pause)
-                pause = min(pause * 2, 2.0)
-            except Exception as exc:  # anything else ends the watch with the error
-                if not self.poll.stop.is_set():
-                    log.exception("%s: %s failed", store, self.what)
-                    error = (
-                        exc
-                        if isinstance(exc, PyKVError)
-                        else UnavailableError(f"{self.watch.description} failed: {exc}")
-                    )
-                    self.watch._fail(error)
-                return
+        self.store._poller.remove(self)
 
     def _resync(self) -> int:
         raise NotImplementedError
