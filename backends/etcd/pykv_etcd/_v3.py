@@ -16,15 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
-import grpc
 from pyetcd import etcdrpc
 
 from pykv import (
@@ -35,20 +30,18 @@ from pykv import (
     KeyNotFoundError,
     KVPair,
     Lock,
-    PermissionDeniedError,
     PyKVError,
     Store,
     StoreURL,
     UnavailableError,
     Watch,
 )
-from pykv.kit import Change, Created, KeyFeed, TreeFeed, TTLKeys
+from pykv.kit import KeyFeed, TreeFeed
 
 from ._v3client import (
     DEFAULT_PORT,
     KEYSPACE_START,
     LOCK_NAMESPACE,
-    LOCK_WAIT_CHUNK,
     RANGE_ALL,
     EtcdOptions,
     _absent,
@@ -59,29 +52,13 @@ from ._v3client import (
     _range_end,
     _unchanged,
 )
-from ._v3watch import Watcher, WatchMux
+from ._v3lease import Leases, _Lease
+from ._v3watch import WatchMux
 
 __all__ = ["EtcdOptions", "EtcdStore"]
 
 log = logging.getLogger("pykv.etcd")
 T = TypeVar("T")
-
-# -- leases -----------------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class _Lease:
-    """A lease of the store: shared by its TTL keys of one TTL (whole seconds), or the lease
-    of one lock acquisition (``for_lock``)."""
-
-    ttl: int
-    for_lock: bool = False
-    id: int = 0
-    granted: int = 0
-    #: monotonic time after which the server may have expired the lease
-    expires: float = 0.0
-    next_renewal: float = 0.0
-    locks: set[_EtcdLock] = field(default_factory=set)
 
 
 class EtcdStore(Store):
@@ -102,37 +79,23 @@ class EtcdStore(Store):
         if not url.hosts:
             raise ConfigurationError(f"{url}: an etcd URL needs at least one host[:port]")
         targets = [str(h.with_default_port(DEFAULT_PORT)) for h in url.hosts]
-        # Watch streams, watches and lock waiters' calls, stopped on close; changed by user
-        # threads, watch threads and close() at once, so only under this lock.
-        self._registry = threading.Lock()
         self._mux = WatchMux(str(self), self.timeout, lambda: self._client)
-        self._watches: set[Watch[Any]] = set()
-        #: gRPC calls of lock waiters and their endpoints, cancelled on close or failover
-        self._waits: dict[Any, _Endpoint] = {}
-        #: leases of TTL keys, one per TTL
-        self._leases: dict[int, _Lease] = {}
-        #: one lease per lock acquisition (see _EtcdLock)
-        self._lock_leases: set[_Lease] = set()
-        #: leases given up while etcd could not be reached: lease ID -> when etcd surely
-        #: expired it; the keeper revokes them until then, so their keys go sooner
-        self._abandoned: dict[int, float] = {}
-        self._lease_lock = threading.RLock()
-        #: the TTL keys written, by lease (re-created when a lease expires anyway)
-        self._ttl_keys: TTLKeys[bytes, _Lease] = TTLKeys(self._lease_lock)
-        self._stop = threading.Event()
-        self._keeper: threading.Thread | None = None
-        self._keeper_wake = threading.Event()
         self._client = _Client(str(self), self.timeout, options, targets, self._left)
+        self._leases = Leases(
+            str(self),
+            self.timeout,
+            self.ttl_slack,
+            self._call,
+            lambda: self._client,
+            self._check_open,
+        )
 
     # -- helpers ---------------------------------------------------------------------------
 
     def _left(self, failed: _Endpoint) -> None:
-        """The client failed over from ``failed``: move watch streams and lock waits off it."""
-        with self._registry:
-            waits = [call for call, ep in self._waits.items() if ep is failed]
+        """The client failed over from ``failed``: move the watch stream off it (the client
+        moves its lock waits itself)."""
         self._mux.leave(failed)
-        for call in waits:
-            call.cancel()  # the waiter re-reads the lock's state and waits on the new endpoint
 
     def _call(
         self,
@@ -164,9 +127,9 @@ class EtcdStore(Store):
     def _forget(self, path: bytes, range_end: bytes | None = None) -> None:
         """Drop written TTL keys from memory after a plain write or a delete."""
         if range_end is None:
-            self._ttl_keys.forget(path)
+            self._leases.ttl_keys.forget(path)
         else:
-            self._ttl_keys.forget_where(
+            self._leases.ttl_keys.forget_where(
                 lambda k: path <= k and (range_end == RANGE_ALL or k < range_end)
             )
 
@@ -189,8 +152,8 @@ class EtcdStore(Store):
             self._call(f"put {key!r}", "Put", etcdrpc.PutRequest(key=path, value=value))
             self._forget(path)
             return
-        lease = self._lease(ttl)
-        self._with_lease(
+        lease = self._leases.for_ttl(ttl)
+        self._leases.with_lease(
             lease,
             lambda: self._call(
                 f"put {key!r}", "Put", etcdrpc.PutRequest(key=path, value=value, lease=lease.id)
@@ -199,12 +162,12 @@ class EtcdStore(Store):
         self._remember(lease, path, value)
 
     def _remember(self, lease: _Lease, path: bytes, value: bytes) -> None:
-        self._ttl_keys.remember(lease, path, value)
+        self._leases.ttl_keys.remember(lease, path, value)
 
     def _delete(self, key: str) -> None:
         path = self._key(key)
         # Forgotten before the delete is sent, so that a re-creation after a lease expiry
-        # cannot outlive it (see _recreate).
+        # cannot outlive it (see Leases.recreate).
         self._forget(path)
         self._call(f"delete {key!r}", "DeleteRange", etcdrpc.DeleteRangeRequest(key=path))
 
@@ -232,7 +195,7 @@ class EtcdStore(Store):
         self, key: str, value: bytes, previous: KVPair | None, ttl: float | None
     ) -> KVPair:
         path = self._key(key)
-        lease = self._lease(ttl) if ttl is not None else None
+        lease = self._leases.for_ttl(ttl) if ttl is not None else None
         compare = _absent(path) if previous is None else _unchanged(path, previous.revision)
 
         def txn() -> Any:
@@ -246,7 +209,7 @@ class EtcdStore(Store):
             )
             return self._call(f"atomic_put {key!r}", "Txn", request, conditional=True)
 
-        response = txn() if lease is None else self._with_lease(lease, txn)
+        response = txn() if lease is None else self._leases.with_lease(lease, txn)
         if not response.succeeded:
             self._raise_conflict(key, previous, response)
         if lease is None:
@@ -269,11 +232,11 @@ class EtcdStore(Store):
         path = self._key(key)
         # Forgotten before the delete is sent, as in _delete; remembered again if nothing
         # was deleted.
-        tracked = self._ttl_keys.forget(path)
+        tracked = self._leases.ttl_keys.forget(path)
         try:
             self._delete_if_unchanged(key, path, previous)
         except BaseException:
-            self._ttl_keys.restore(path, tracked)
+            self._leases.ttl_keys.restore(path, tracked)
             raise
 
     def _delete_if_unchanged(self, key: str, path: bytes, previous: KVPair) -> None:
@@ -308,47 +271,6 @@ class EtcdStore(Store):
         )
         return {kv.key for kv in then.kvs} != {kv.key for kv in now.kvs}
 
-    def _changes(self, events: Sequence[Any]) -> list[Change]:
-        return [
-            Change(
-                ev.kv.mod_revision,
-                ev.kv.key.decode("utf-8", "replace"),
-                None if ev.type == ev.DELETE else ev.kv.value,
-            )
-            for ev in events
-        ]
-
-    def _open_stream(
-        self,
-        watch: Watch[Any],
-        what: str,
-        key: bytes,
-        range_end: bytes | None,
-        revision: int,
-        feed: KeyFeed | TreeFeed,
-        reread: Callable[[], int],
-    ) -> None:
-        """Feed ``feed`` from the store's watch stream: ``[key, range_end)`` after ``revision``."""
-        watcher = Watcher(
-            what,
-            key,
-            range_end,
-            revision + 1,
-            lambda events: feed.apply(self._changes(events)),
-            reread,
-            watch._fail,
-        )
-
-        def closed() -> None:
-            self._mux.remove(watcher)
-            with self._registry:
-                self._watches.discard(watch)
-
-        watch._on_close = closed
-        with self._registry:
-            self._watches.add(watch)
-        self._mux.add(watcher)
-
     def _watch(self, key: str) -> Watch[KVPair | None]:
         path = self._key(key)
         what = f"watch({key!r})"
@@ -362,7 +284,7 @@ class EtcdStore(Store):
             feed.reset(self._pair(again.kvs[0]) if again.kvs else None, again.header.revision)
             return int(again.header.revision)
 
-        self._open_stream(watch, what, path, None, response.header.revision, feed, reread)
+        self._mux.open(watch, what, path, None, response.header.revision, feed, reread)
         return watch
 
     def _watch_tree(self, prefix: str) -> Watch[list[KVPair]]:
@@ -380,384 +302,13 @@ class EtcdStore(Store):
             feed.reset_relative([self._pair(kv) for kv in again.kvs], again.header.revision)
             return int(again.header.revision)
 
-        self._open_stream(watch, what, start, end, response.header.revision, feed, reread)
+        self._mux.open(watch, what, start, end, response.header.revision, feed, reread)
         return watch
-
-    # -- leases ----------------------------------------------------------------------------
-
-    def _ensure_keeper(self) -> None:
-        """Start the keepalive thread (with ``_lease_lock`` held)."""
-        if self._keeper is None:
-            self._keeper = threading.Thread(
-                target=self._keep_alive, name=f"pykv-etcd-leases-{self}", daemon=True
-            )
-            self._keeper.start()
-
-    def _lease(self, ttl: float) -> _Lease:
-        """The store's lease of TTL keys for ``ttl`` (whole seconds, rounded up), granted on
-        first use."""
-        seconds = max(1, math.ceil(ttl))
-        with self._lease_lock:
-            self._check_open()
-            lease = self._leases.get(seconds)
-            if lease is None:
-                lease = _Lease(seconds)
-                self._grant(lease)
-                self._leases[seconds] = lease
-                self._keeper_wake.set()
-            self._ensure_keeper()
-            return lease
-
-    def _lock_lease(self, ttl: float, deadline: float) -> _Lease:
-        """A new lease for one lock acquisition, kept alive until it is dropped.
-
-        Locks never share a lease: a lease whose renewal is overdue may have expired in etcd
-        already, so a lock must never be granted on it, and a lock whose release fails can
-        let its lease go without taking other keys or locks with it."""
-        self._check_open()
-        lease = _Lease(max(1, math.ceil(ttl)), for_lock=True)
-        self._grant(lease, deadline)
-        with self._lease_lock:
-            closing = self._stop.is_set()
-            if not closing:
-                self._lock_leases.add(lease)
-                self._ensure_keeper()
-        if closing:  # close() ran meanwhile and revoked every lease it knew of
-            with contextlib.suppress(PyKVError):
-                self._drop_lease(lease, time.monotonic() + min(self.timeout, 1.0))
-            self._check_open()
-        self._keeper_wake.set()
-        return lease
-
-    def _drop_lease(self, lease: _Lease, deadline: float) -> None:
-        """Stop renewing a lock's lease and revoke it, which deletes its keys (the lock key and
-        the queue key) at once. When etcd cannot be reached by ``deadline`` the error is
-        raised, and the lease is abandoned: the keeper goes on revoking it until etcd has
-        surely expired it, at the latest one TTL after its last renewal."""
-        with self._lease_lock:
-            self._lock_leases.discard(lease)
-        try:
-            self._call(
-                "revoke a lease",
-                "LeaseRevoke",
-                etcdrpc.LeaseRevokeRequest(ID=lease.id),
-                stub="lease",
-                deadline=deadline,
-            )
-        except _LeaseGoneError:
-            pass  # expired, or revoked by an earlier attempt whose answer was lost
-        except PyKVError:
-            self._abandon_lease(lease)
-            raise
-
-    def _abandon_lease(self, lease: _Lease) -> None:
-        """Stop renewing a lock's lease; the keeper revokes it in the background."""
-        with self._lease_lock:
-            self._lock_leases.discard(lease)
-            if not self._stop.is_set():
-                # Renewals already sent may still land: give them one more TTL.
-                until = max(lease.expires, time.monotonic()) + lease.granted + self.ttl_slack
-                self._abandoned[lease.id] = until
-        self._keeper_wake.set()
-
-    def _with_lease(self, lease: _Lease, call: Callable[[], T]) -> T:
-        """Run ``call`` (which writes with ``lease.id``); if etcd no longer knows the lease,
-        replace it and run ``call`` once more."""
-        seen = lease.id
-        try:
-            return call()
-        except _LeaseGoneError:
-            self._replace(lease, seen)
-            return call()
-
-    def _grant(self, lease: _Lease, deadline: float | None = None) -> None:
-        sent = time.monotonic()
-        request = etcdrpc.LeaseGrantRequest(TTL=lease.ttl, ID=0)
-        response = self._call(
-            f"grant a {lease.ttl} s lease", "LeaseGrant", request, stub="lease", deadline=deadline
-        )
-        if response.error:
-            raise UnavailableError(f"etcd refused a lease on {self}: {response.error}")
-        lease.id, lease.granted = response.ID, response.TTL
-        lease.expires = sent + response.TTL
-        lease.next_renewal = sent + response.TTL / 3
-
-    @staticmethod
-    def _lost_at(lease: _Lease) -> float:
-        """When the locks on ``lease`` must count as lost if it was not renewed: a margin
-        before the earliest moment etcd could expire it (the send time of the last request
-        etcd confirmed, grant or renewal, plus the TTL)."""
-        return lease.expires - max(0.5, lease.granted * 0.15)
-
-    def _renew(self, lease: _Lease, cap: float | None) -> int:
-        """One LeaseKeepAlive round trip; returns the TTL etcd gave (0: the lease is gone).
-        Gives up at ``cap``, when the keeper must be back to tell some lock it is lost."""
-        client = self._client
-        now = time.monotonic()
-        deadline = now + min(self.timeout, max(0.5, lease.granted / 3))
-        if cap is not None:
-            deadline = max(min(deadline, cap), now + 0.05)
-        # Split the budget so that a member that does not answer leaves time for another
-        # (a keepalive is idempotent, so sending it again elsewhere is safe).
-        attempt = max(0.25, (deadline - now) / 2) if len(client._endpoints) > 1 else math.inf
-        backoff = 0.02
-        while True:
-            ep = client.endpoint()
-            call: Any = None
-            try:
-                call = ep.lease.LeaseKeepAlive(
-                    iter([etcdrpc.LeaseKeepAliveRequest(ID=lease.id)]),
-                    timeout=max(0.001, min(attempt, deadline - time.monotonic())),
-                    metadata=client.metadata,
-                )
-                for response in call:
-                    return int(response.TTL)
-                raise UnavailableError(f"renew the lease on {self}: the stream ended")
-            except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.NOT_FOUND:
-                    return 0
-                if exc.code() == grpc.StatusCode.UNAUTHENTICATED and client.metadata:
-                    client._authenticate(deadline)
-                    continue
-                if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    # Also when no time is left: the next renewal must go to another member.
-                    client.failover(ep)
-                    if time.monotonic() + backoff < deadline:
-                        time.sleep(backoff)
-                        backoff *= 2
-                        continue
-                raise client.error(exc, "renew the lease", ep) from exc
-            finally:
-                if call is not None:
-                    call.cancel()
-
-    def _keep_alive(self) -> None:
-        """The keepalive thread: renews every lease at a third of its TTL; re-creates the TTL
-        keys of a lease that expired anyway; marks the locks on a lease that may have expired
-        lost, in time, and lets that lease go; revokes abandoned leases."""
-        next_revoke = 0.0
-        while not self._stop.is_set():
-            with self._lease_lock:
-                leases = [*self._leases.values(), *self._lock_leases]
-                abandoned = bool(self._abandoned)
-            now = time.monotonic()
-            # When some lock must be told it is lost; nothing may keep the keeper past it.
-            tell = [self._lost_at(x) - 0.1 for x in leases if any(k.held for k in x.locks)]
-            cap = min(tell) if tell else None
-            due = [lease.next_renewal for lease in leases] + tell
-            if abandoned:
-                due.append(next_revoke)
-            wait = min([t - now for t in due] + [1.0])
-            if wait > 0:
-                self._keeper_wake.wait(wait)
-                self._keeper_wake.clear()
-                continue
-            if abandoned and now >= next_revoke:
-                self._revoke_abandoned(cap)
-                next_revoke = time.monotonic() + 0.25
-            for lease in leases:
-                if self._stop.is_set():
-                    return
-                if lease.for_lock and time.monotonic() >= self._lost_at(lease) - 0.1:
-                    # Tell the holder before etcd can expire the lease and hand the lock on;
-                    # the lease is presumed dead from now on, even if a renewal comes through.
-                    for lock in list(lease.locks):
-                        lock._mark_lost("etcd could not be reached for nearly the lease's TTL")
-                    self._abandon_lease(lease)
-                    continue
-                if time.monotonic() < lease.next_renewal:
-                    continue
-                sent = time.monotonic()
-                try:
-                    ttl = self._renew(lease, cap)
-                    if ttl > 0:
-                        lease.expires = sent + ttl
-                        lease.next_renewal = sent + max(0.2, lease.granted / 3)
-                        self._check_locks(lease)
-                        self._recreate(lease)  # what a replacement could not write yet
-                    elif lease.for_lock:
-                        for lock in list(lease.locks):
-                            lock._mark_lost("its etcd lease expired")
-                        with self._lease_lock:
-                            self._lock_leases.discard(lease)
-                    else:
-                        self._replace(lease, lease.id)
-                except PyKVError as exc:
-                    log.warning("renewing the %d s lease of %s failed: %s", lease.ttl, self, exc)
-                    lease.next_renewal = time.monotonic() + min(0.25, lease.granted / 10)
-                except Exception:  # keep the thread alive: TTL keys depend on it
-                    log.exception("lease keepalive of %s failed", self)
-                    lease.next_renewal = time.monotonic() + 1.0
-
-    def _revoke_abandoned(self, cap: float | None) -> None:
-        """One attempt to revoke each abandoned lease, forgotten once etcd surely expired it."""
-        with self._lease_lock:
-            items = list(self._abandoned.items())
-        for lease_id, until in items:
-            now = time.monotonic()
-            gone = now >= until
-            if not gone and not self._stop.is_set():
-                deadline = min(until, now + 0.5) if cap is None else min(until, now + 0.5, cap)
-                try:
-                    self._call(
-                        "revoke an abandoned lease",
-                        "LeaseRevoke",
-                        etcdrpc.LeaseRevokeRequest(ID=lease_id),
-                        stub="lease",
-                        deadline=max(deadline, now + 0.05),
-                    )
-                    gone = True
-                except _LeaseGoneError:
-                    gone = True
-                except PyKVError as exc:
-                    log.debug("revoking abandoned lease %x of %s failed: %s", lease_id, self, exc)
-            if gone:
-                with self._lease_lock:
-                    self._abandoned.pop(lease_id, None)
-
-    def _check_locks(self, lease: _Lease) -> None:
-        """With each renewal: a held lock whose key was deleted or overwritten is lost."""
-        with self._lease_lock:
-            locks = [lock for lock in lease.locks if lock.held]
-        if not locks:
-            return
-        ranges = [
-            etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=lock._path, keys_only=True))
-            for lock in locks
-        ]
-        response = self._call("check held locks", "Txn", etcdrpc.TxnRequest(success=ranges))
-        for lock, result in zip(locks, response.responses, strict=True):
-            kvs = result.response_range.kvs
-            if not kvs:
-                lock._lose("its key was deleted")
-            elif kvs[0].create_revision != lock.token or kvs[0].lease != lease.id:
-                lock._lose("its key was overwritten")
-
-    def _replace(self, lease: _Lease, seen: int) -> None:
-        """The TTL keys' lease ``seen`` expired while the store is open: a new one, and the TTL
-        keys back. Does nothing if another thread replaced it already."""
-        with self._lease_lock:
-            if lease.id != seen:
-                return
-            self._grant(lease)
-            missing = self._ttl_keys.lose(lease)
-        log.warning("the %d s lease of %s expired; re-creating %d keys", lease.ttl, self, missing)
-        try:
-            self._recreate(lease)
-        except PyKVError as exc:  # the rest is retried after the next renewal
-            log.warning("re-creating the TTL keys of %s failed: %s; retrying", self, exc)
-
-    def _recreate(self, lease: _Lease) -> None:
-        """Write the TTL keys of ``lease`` that are missing since it was replaced, only where
-        nobody wrote them meanwhile. A failure leaves the rest for the next renewal."""
-        lease_id = lease.id
-
-        def create(path: bytes, value: bytes) -> Created:
-            request = etcdrpc.TxnRequest(
-                compare=[_absent(path)],
-                success=[
-                    etcdrpc.RequestOp(
-                        request_put=etcdrpc.PutRequest(key=path, value=value, lease=lease_id)
-                    )
-                ],
-                failure=[
-                    etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=path, keys_only=True))
-                ],
-            )
-            response = self._call("re-create a TTL key", "Txn", request)
-            if response.succeeded:
-                return Created(True, int(response.header.revision))
-            kvs = response.responses[0].response_range.kvs
-            return Created(False, ours=bool(kvs) and kvs[0].lease == lease_id)
-
-        def delete_if_at(path: bytes, revision: int) -> None:
-            request = etcdrpc.TxnRequest(
-                compare=[_unchanged(path, revision)],
-                success=[
-                    etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=path))
-                ],
-            )
-            self._call("undo the re-creation of a TTL key", "Txn", request)
-
-        self._ttl_keys.recreate(lease, create, delete_if_at)
 
     # -- locks -----------------------------------------------------------------------------
 
     def _lock(self, key: str, value: bytes, ttl: float) -> Lock:
         return _EtcdLock(self, key, value, ttl)
-
-    def _wait_deleted(self, path: bytes, after: int, deadline: float | None) -> None:
-        """Block until ``path`` is deleted at a revision > ``after``, the deadline, an error or
-        :data:`LOCK_WAIT_CHUNK`; the caller re-checks the state either way."""
-        client = self._client
-        limit = (
-            LOCK_WAIT_CHUNK
-            if deadline is None
-            else min(LOCK_WAIT_CHUNK, deadline - time.monotonic())
-        )
-        if limit <= 0:
-            return
-        create = etcdrpc.WatchCreateRequest(
-            key=path, start_revision=after + 1, filters=[etcdrpc.WatchCreateRequest.NOPUT]
-        )
-        done = threading.Event()
-
-        def requests() -> Iterator[Any]:
-            yield etcdrpc.WatchRequest(create_request=create)
-            done.wait()
-
-        ep = client.endpoint()
-        call: Any = None
-        answered = threading.Event()
-        silent = threading.Event()
-        watchdog: threading.Timer | None = None
-        try:
-            call = ep.watch.Watch(
-                requests(), timeout=limit, metadata=(*client.metadata, ("hasleader", "true"))
-            )
-            with self._registry:
-                self._waits[call] = ep
-            if self._stop.is_set():
-                return
-
-            def unanswered(call: Any = call) -> None:
-                # A member cut off from this client never confirms the watch: give it up
-                # instead of waiting out the whole chunk, and fail over.
-                if not answered.is_set():
-                    silent.set()
-                    call.cancel()
-
-            if limit > client.timeout:
-                watchdog = threading.Timer(client.timeout, unanswered)
-                watchdog.daemon = True
-                watchdog.start()
-            for response in call:
-                answered.set()
-                if response.events or response.compact_revision or response.canceled:
-                    return
-        except grpc.RpcError as exc:
-            if silent.is_set() and not self._stop.is_set():
-                log.info("wait for a lock: %s did not answer; failing over", ep.target)
-                client.failover(ep)
-                return
-            if self._stop.is_set() or exc.code() in (
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                grpc.StatusCode.CANCELLED,
-            ):
-                return
-            mapped = client.error(exc, "wait for a lock", ep)
-            if isinstance(mapped, PermissionDeniedError):
-                raise mapped from exc
-            client.failover(ep)
-            time.sleep(0.1)
-        finally:
-            if watchdog is not None:
-                watchdog.cancel()
-            done.set()
-            if call is not None:
-                call.cancel()
-                with self._registry:
-                    self._waits.pop(call, None)
 
     # -- closing ---------------------------------------------------------------------------
 
@@ -765,12 +316,7 @@ class EtcdStore(Store):
         # If etcd cannot be reached, give up on the first failure instead of waiting out one
         # timeout per lock and lease: etcd expires the leases (and so the keys) by itself.
         reachable = True
-        with self._lease_lock:
-            locks = [
-                lock
-                for lease in (*self._leases.values(), *self._lock_leases)
-                for lock in lease.locks
-            ]
+        locks = [lock for lock in self._leases.held_locks() if isinstance(lock, _EtcdLock)]
         for lock in locks:
             if not reachable:
                 lock._mark_lost("the store was closed while etcd could not be reached")
@@ -781,31 +327,12 @@ class EtcdStore(Store):
                 reachable = False
             except PyKVError:
                 pass
-        self._stop.set()
-        self._keeper_wake.set()
-        with self._registry:
-            waits, watches = list(self._waits), list(self._watches)
-        for call in waits:
-            call.cancel()
-        for watch in watches:
-            watch.close()
-        self._mux.stop()
-        if self._keeper is not None and self._keeper is not threading.current_thread():
-            self._keeper.join(timeout=self.timeout)
+        self._leases.stop()
+        self._client.cancel_waits()
+        self._mux.stop()  # closes the watches
         try:
-            with self._lease_lock:
-                leases = [*self._leases.values(), *self._lock_leases]
-                self._leases.clear()
-                self._lock_leases.clear()
-                self._abandoned.clear()
-            for lease in leases if reachable else ():  # revoking deletes the TTL keys at once
-                with contextlib.suppress(PyKVError):
-                    self._call(
-                        "revoke a lease",
-                        "LeaseRevoke",
-                        etcdrpc.LeaseRevokeRequest(ID=lease.id),
-                        stub="lease",
-                    )
+            if reachable:  # revoking deletes the TTL keys at once
+                self._leases.revoke_all()
         finally:
             self._client.close()
 
@@ -898,7 +425,7 @@ class _EtcdLock(Lock):
                     continue
                 if expired():
                     return None
-                store._wait_deleted(wait_for, at, deadline)
+                store._client.wait_deleted(wait_for, at, deadline)
                 store._check_open()
                 response = self._read(call_deadline())
         finally:
@@ -927,7 +454,7 @@ class _EtcdLock(Lock):
         store = self.store
         self._let_go(min(store.timeout, 1.0))  # an earlier lease of this acquisition
         self._queue_key = self._queue_prefix + uuid.uuid4().hex.encode()
-        lease = store._lock_lease(self.ttl, deadline)
+        lease = store._leases.for_lock(self.ttl, deadline)
         self._lease = lease
         queue_up = etcdrpc.RequestOp(
             request_put=etcdrpc.PutRequest(key=self._queue_key, lease=lease.id)
@@ -985,9 +512,10 @@ class _EtcdLock(Lock):
         store = self.store
         lease = self._lease
         assert lease is not None
-        with store._lease_lock:
+        leases = store._leases
+        with leases.mutex:
             # Headroom before the keeper's own deadline for telling the lock it is lost.
-            fresh = lease in store._lock_leases and time.monotonic() < store._lost_at(lease) - 0.3
+            fresh = lease in leases.lock_leases and time.monotonic() < leases.lost_at(lease) - 0.3
             if fresh:
                 # Held from here on for _mark_lost, so that the keeper can tell the lock at
                 # once, even before acquire() returns.
@@ -1001,7 +529,7 @@ class _EtcdLock(Lock):
             )
             self._let_go(min(store.timeout, 1.0))
             return None
-        store._keeper_wake.set()  # its deadline now counts for the keeper
+        leases.wake.set()  # its deadline now counts for the keeper
         return token
 
     def _let_go(self, budget: float) -> None:
@@ -1011,24 +539,24 @@ class _EtcdLock(Lock):
         if lease is None:
             return
         with contextlib.suppress(PyKVError):
-            self.store._drop_lease(lease, time.monotonic() + budget)
+            self.store._leases.drop(lease, time.monotonic() + budget)
 
     def _lose(self, reason: str) -> None:
         """Mark the lock lost, then let the next waiter in: the holder has been told."""
         self._mark_lost(reason)
         lease = self._lease
         if lease is not None:
-            self.store._abandon_lease(lease)  # the keeper revokes it
+            self.store._leases.abandon(lease)  # the keeper revokes it
 
     def _release(self) -> None:
         store = self.store
         lease, self._lease = self._lease, None
         if lease is None:
             return
-        with store._lease_lock:
+        with store._leases.mutex:
             lease.locks.discard(self)
         try:
-            store._drop_lease(lease, time.monotonic() + store.timeout)
+            store._leases.drop(lease, time.monotonic() + store.timeout)
         except PyKVError as exc:
             raise type(exc)(
                 f"{exc}; the lease was let go, so etcd deletes the lock key within "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,6 +148,9 @@ class _Client:
         self._current = 0
         self._closed = False
         self._mutex = threading.Lock()
+        #: gRPC calls of lock waiters and their endpoints, cancelled on close or failover
+        self._waits: dict[Any, _Endpoint] = {}
+        self._stopping = False
         self._user, self._password = options.username, options.password
         self._metadata: tuple[tuple[str, str], ...] = ()
         if self._user is not None or self._password is not None:
@@ -188,6 +191,10 @@ class _Client:
                     "etcd endpoint %s failed; trying %s", failed.target, self.endpoint().target
                 )
         if moved:
+            with self._mutex:
+                waits = [call for call, ep in self._waits.items() if ep is failed]
+            for call in waits:
+                call.cancel()  # the waiter re-reads the lock's state and waits elsewhere
             self._on_failover(failed)
 
     def _authenticate(self, deadline: float) -> None:
@@ -264,6 +271,79 @@ class _Client:
                     continue
                 raise self.error(exc, what, ep) from exc
 
+    def wait_deleted(self, path: bytes, after: int, deadline: float | None) -> None:
+        """Block until ``path`` is deleted at a revision > ``after``, the deadline, an error or
+        :data:`LOCK_WAIT_CHUNK`; the caller re-checks the state either way."""
+        client = self
+        limit = (
+            LOCK_WAIT_CHUNK
+            if deadline is None
+            else min(LOCK_WAIT_CHUNK, deadline - time.monotonic())
+        )
+        if limit <= 0:
+            return
+        create = etcdrpc.WatchCreateRequest(
+            key=path, start_revision=after + 1, filters=[etcdrpc.WatchCreateRequest.NOPUT]
+        )
+        done = threading.Event()
+
+        def requests() -> Iterator[Any]:
+            yield etcdrpc.WatchRequest(create_request=create)
+            done.wait()
+
+        ep = client.endpoint()
+        call: Any = None
+        answered = threading.Event()
+        silent = threading.Event()
+        watchdog: threading.Timer | None = None
+        try:
+            call = ep.watch.Watch(
+                requests(), timeout=limit, metadata=(*client.metadata, ("hasleader", "true"))
+            )
+            with self._mutex:
+                self._waits[call] = ep
+            if self._stopping:
+                return
+
+            def unanswered(call: Any = call) -> None:
+                # A member cut off from this client never confirms the watch: give it up
+                # instead of waiting out the whole chunk, and fail over.
+                if not answered.is_set():
+                    silent.set()
+                    call.cancel()
+
+            if limit > client.timeout:
+                watchdog = threading.Timer(client.timeout, unanswered)
+                watchdog.daemon = True
+                watchdog.start()
+            for response in call:
+                answered.set()
+                if response.events or response.compact_revision or response.canceled:
+                    return
+        except grpc.RpcError as exc:
+            if silent.is_set() and not self._stopping:
+                log.info("wait for a lock: %s did not answer; failing over", ep.target)
+                client.failover(ep)
+                return
+            if self._stopping or exc.code() in (
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                grpc.StatusCode.CANCELLED,
+            ):
+                return
+            mapped = client.error(exc, "wait for a lock", ep)
+            if isinstance(mapped, PermissionDeniedError):
+                raise mapped from exc
+            client.failover(ep)
+            time.sleep(0.1)
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+            done.set()
+            if call is not None:
+                call.cancel()
+                with self._mutex:
+                    self._waits.pop(call, None)
+
     def error(self, exc: grpc.RpcError, what: str, ep: _Endpoint | None = None) -> PyKVError:
         """Map a gRPC error to pykv's: the one place that does it."""
         code = exc.code()
@@ -280,6 +360,14 @@ class _Client:
         if code == grpc.StatusCode.UNAVAILABLE:
             return UnavailableError(f"{where}: etcd is unavailable: {details}")
         return UnavailableError(f"{where}: etcd failed the call ({code.name}): {details}")
+
+    def cancel_waits(self) -> None:
+        """End every lock waiter's wait, and those to come (the store closes)."""
+        self._stopping = True
+        with self._mutex:
+            waits = list(self._waits)
+        for call in waits:
+            call.cancel()
 
     def close(self) -> None:
         self._closed = True

@@ -28,7 +28,8 @@ from typing import Any
 import grpc
 from pyetcd import etcdrpc
 
-from pykv import PermissionDeniedError, PyKVError, UnavailableError
+from pykv import PermissionDeniedError, PyKVError, UnavailableError, Watch
+from pykv.kit import Change, KeyFeed, TreeFeed
 
 from ._v3client import _AUTH_TEXT, _MAX_BACKOFF, _Client, _Endpoint
 
@@ -47,6 +48,8 @@ class Watcher:
     #: re-read the state after a compaction; returns the revision it was read at
     on_compacted: Callable[[], int]
     on_error: Callable[[PyKVError], None]
+    #: closes the watch it feeds (when the store closes)
+    close: Callable[[], None] = lambda: None
     #: etcd's number for it on the current stream; -1 until confirmed
     id: int = -1
 
@@ -93,6 +96,31 @@ class WatchMux:
                 )
                 self._thread.start()
 
+    def open(
+        self,
+        watch: Watch[Any],
+        what: str,
+        key: bytes,
+        range_end: bytes | None,
+        revision: int,
+        feed: KeyFeed | TreeFeed,
+        reread: Callable[[], int],
+    ) -> None:
+        """Feed ``feed`` (of ``watch``) with the changes of ``[key, range_end)`` after
+        ``revision``; ``reread`` re-reads the state after a compaction."""
+        watcher = Watcher(
+            what,
+            key,
+            range_end,
+            revision + 1,
+            lambda events: feed.apply(changes(events)),
+            reread,
+            watch._fail,
+            watch.close,
+        )
+        watch._on_close = lambda: self.remove(watcher)
+        self.add(watcher)
+
     def remove(self, watcher: Watcher) -> None:
         """Stop ``watcher``: no callback of it runs once this returns, except one already
         running on the stream's thread."""
@@ -130,6 +158,11 @@ class WatchMux:
             call.cancel()
 
     def stop(self) -> None:
+        """Close every watch and end the stream."""
+        with self._mutex:
+            watchers = list(self._open)
+        for watcher in watchers:
+            watcher.close()
         self._stop.set()
         with self._mutex:
             call, thread = self._call, self._thread
@@ -281,6 +314,18 @@ class WatchMux:
             self._confirmed.clear()
         for watcher in watchers:
             watcher.on_error(error)
+
+
+def changes(events: Sequence[Any]) -> list[Change]:
+    """etcd's watch events as the core's changes (keys are the backend's paths)."""
+    return [
+        Change(
+            ev.kv.mod_revision,
+            ev.kv.key.decode("utf-8", "replace"),
+            None if ev.type == ev.DELETE else ev.kv.value,
+        )
+        for ev in events
+    ]
 
 
 class _Restart(Exception):
