@@ -194,7 +194,10 @@ class AsyncTests(BaseStoreTests):
                     pass
 
             task = asyncio.create_task(consume())
-            await asyncio.sleep(0.5)
+            # cancelled once the watch is open and the iteration waits for events (opening
+            # takes a round trip: a fixed sleep was too short on a loaded machine)
+            await _until(lambda: asyncio.sleep(0.05, watch._watch), lambda w: w is not None, 30)
+            await asyncio.sleep(0.1)
             await _cancel(task)
             assert watch.closed
             inner = watch._watch
