@@ -149,7 +149,7 @@ class ConsulStore(Store):
     # -- helpers ----------------------------------------------------------------------------
 
     def _pair(self, key: str, entry: dict[str, Any]) -> KVPair:
-        return KVPair(key, entry.get("Value") or b"", int(entry["ModifyIndex"]))
+        return KVPair(key, entry.get("Value") or b"", entry["ModifyIndex"])
 
     def _tree_base(self, prefix: str) -> str:
         """The Consul prefix of everything strictly below ``prefix`` ('' = the whole KV)."""
@@ -181,9 +181,17 @@ class ConsulStore(Store):
         return pair
 
     def _txn_write(
-        self, what: str, key: str, guards: list[dict[str, Any]], value: bytes, ttl: float | None
+        self,
+        what: str,
+        key: str,
+        guards: list[dict[str, Any]],
+        value: bytes,
+        ttl: float | None,
+        *,
+        results: bool = True,
     ) -> list[Any]:
-        """``guards``, ``delete``, then the write, in one transaction; returns the results.
+        """``guards``, ``delete``, then the write, in one transaction; returns the results
+        (when asked for).
 
         The ``delete`` does two things Consul's own writes do not: it frees a key a session
         holds (Consul keeps a held key's session on a plain write, so a plain write would
@@ -201,7 +209,7 @@ class ConsulStore(Store):
                     {"Verb": "lock", "Key": path, "Value": b64(value), "Session": session.id}
                 )
             try:
-                results = self._transport.txn(what, ops, idempotent=not guards)
+                found = self._transport.txn(what, ops, idempotent=not guards, results=results)
             except TxnFailed as exc:
                 if ttl is not None and attempt == 1 and _session_invalid(exc):
                     self._forget_ttl_session(ttl, "it was invalidated")
@@ -212,12 +220,12 @@ class ConsulStore(Store):
                     self._ttl_keys.pop(path, None)
                 else:
                     self._ttl_keys[path] = (ttl, value)
-            return results
+            return found
         raise AssertionError("unreachable")
 
     def _put(self, key: str, value: bytes, ttl: float | None) -> None:
         try:
-            self._txn_write(f"put {key!r}", key, [], value, ttl)
+            self._txn_write(f"put {key!r}", key, [], value, ttl, results=False)
         except TxnFailed as exc:
             raise UnavailableError(f"put {key!r} on {self} failed: {exc}") from exc
 

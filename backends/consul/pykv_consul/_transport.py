@@ -93,6 +93,10 @@ def _not_found(reply: Reply) -> bool:
     return reply.status == 404
 
 
+def _rolled_back(reply: Reply) -> bool:
+    return reply.status == 409
+
+
 def _unknown(reply: Reply) -> bool:
     """The agent does not know the service or check: a 404, or a 500 on Consul 1.8 (not a
     server failure, so no failover for it)."""
@@ -159,6 +163,15 @@ class Transport:
             )
         self.current = start % len(self._pools)
         self._rotate_lock = threading.Lock()
+        # The time-outs of a first attempt with the store's timeout (alone, or with agents
+        # left to try), made once: urllib3.Timeout validates its values on every creation.
+        self._first = {
+            retry: urllib3.Timeout(connect=budget, read=budget)
+            for retry, budget in (
+                (False, timeout),
+                (True, min(timeout, max(ATTEMPT_MIN, timeout * ATTEMPT_SHARE))),
+            )
+        }
 
     def clone(self, name: str) -> Transport:
         """A transport of its own (own connections) for a thread doing blocking queries."""
@@ -220,7 +233,11 @@ class Transport:
             remaining = max(0.05, deadline - time.monotonic())
             retry = idempotent and not blocking and tried + 1 < count
             budget = min(remaining, max(ATTEMPT_MIN, limit * ATTEMPT_SHARE)) if retry else remaining
-            read = min(budget, BLOCKING_SLACK) + blocking * 17 / 16 if blocking else budget
+            if tried or blocking or timeout is not None:
+                read = min(budget, BLOCKING_SLACK) + blocking * 17 / 16 if blocking else budget
+                timeouts = urllib3.Timeout(connect=budget, read=read)
+            else:  # the common case, microseconds after the deadline was set
+                timeouts = self._first[retry]
             try:
                 reply = self._pools[index].urlopen(
                     method,
@@ -229,7 +246,7 @@ class Transport:
                     headers=self._headers,
                     retries=False,
                     redirect=False,
-                    timeout=urllib3.Timeout(connect=budget, read=read),
+                    timeout=timeouts,
                 )
             except ReadTimeoutError as exc:
                 tried += 1
@@ -324,22 +341,21 @@ class Transport:
     def kv_delete(self, what: str, path: str) -> None:
         self.request(what, "DELETE", "/v1/kv/" + quote(path, safe="/:"))
 
-    def txn(self, what: str, ops: list[dict[str, Any]], *, idempotent: bool) -> list[Any]:
-        """Apply a KV transaction; its results, or :class:`TxnFailed` when rolled back."""
-        body = json.dumps([{"KV": op} for op in ops])
+    def txn(
+        self, what: str, ops: list[dict[str, Any]], *, idempotent: bool, results: bool = True
+    ) -> list[Any]:
+        """Apply a KV transaction; its results (not read unless ``results``: []), or
+        :class:`TxnFailed` when rolled back."""
+        body = json.dumps([{"KV": op} for op in ops]).encode()
         reply = self.request(
-            what,
-            "PUT",
-            "/v1/txn",
-            body=body,
-            accept=lambda r: r.status == 409,
-            idempotent=idempotent,
+            what, "PUT", "/v1/txn", body=body, accept=_rolled_back, idempotent=idempotent
         )
-        data = json.loads(reply.data)
         if reply.status == 409:
-            raise TxnFailed(data.get("Errors") or [])
-        results: list[Any] = data.get("Results") or []
-        return results
+            raise TxnFailed(json.loads(reply.data).get("Errors") or [])
+        if not results:
+            return []
+        found: list[Any] = json.loads(reply.data).get("Results") or []
+        return found
 
     def create_session(self, what: str, body: dict[str, Any]) -> str:
         """Create a session; a refused one raises :class:`SessionRejected` with Consul's text."""
