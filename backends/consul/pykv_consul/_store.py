@@ -594,6 +594,7 @@ class ConsulStore(Store):
         transport = self._transport.clone(f"{what} on {self}") if own_connections else None
         run = transport or self._transport
         give_up = max(30.0, 3 * self.timeout)
+        index = max(1, index)  # index 0 would make a query that does not block
         failing_since: float | None = None
         backoff = 0.05
         try:
