@@ -94,7 +94,8 @@ def _not_found(reply: Reply) -> bool:
 
 
 def _rolled_back(reply: Reply) -> bool:
-    return reply.status == 409
+    """A transaction's conflict; not one that ACLs refused (a 409 too)."""
+    return reply.status == 409 and b"Permission denied" not in reply.data
 
 
 def _unknown(reply: Reply) -> bool:
