@@ -285,7 +285,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("url")
     parser.add_argument("--n", type=int, default=1000, help="operations per round")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     n, k = args.n, args.rounds
     prefix = f"pykv-bench/{uuid.uuid4().hex[:8]}"
