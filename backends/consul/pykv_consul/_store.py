@@ -586,11 +586,10 @@ class ConsulStore(Store):
         own_connections: bool = True,
     ) -> None:
         """Blocking queries on ``path`` (with ``recurse``: the entries below it) from ``index``
-        until ``stop``; ``on_change(entry or entries)`` after each
-        answer returns False to end. Errors are retried with back-off (the watch survives
-        agent failures and leader elections) until nothing succeeded for the give-up time.
-        Long-lived watches get connections of their own; a lock's short watch shares the
-        store's pool."""
+        until ``stop``; ``on_change(entry or entries)`` after each answer returns False to end.
+        Errors are retried with back-off (the watch survives agent failures and leader
+        elections) until nothing succeeded for the give-up time. Long-lived watches get
+        connections of their own; a lock's short watch shares the store's pool."""
         transport = self._transport.clone(f"{what} on {self}") if own_connections else None
         run = transport or self._transport
         give_up = max(30.0, 3 * self.timeout)
