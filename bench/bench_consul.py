@@ -325,13 +325,14 @@ def main() -> None:
             rows += paired(
                 f"cas{tail}", ours_cas, lambda i: raw.cas(f"c{i % n}", VALUE), n, k, threads
             )
-        rows += paired(
-            "put, raw as txn",
-            lambda i: store.put(f"k{i % 100}", VALUE),
-            lambda i: raw.txn_put(f"k{i % 100}", VALUE),
-            n,
-            k,
-        )
+            rows += paired(
+                f"put{tail}, raw as txn",
+                lambda i: store.put(f"k{i % 100}", VALUE),
+                lambda i: raw.txn_put(f"k{i % 100}", VALUE),
+                n,
+                k,
+                threads,
+            )
         rows += watch_rows(store, raw, max(50, n // 5), k)
 
         lock = store.lock("lock", ttl=10)
@@ -357,11 +358,11 @@ def main() -> None:
     )
     print(f"pykv on Consul ({args.url}) against raw urllib3 on /v1/kv: median of {k} rounds")
     print()
-    print(f"| {'operation':<22} | {'pykv':>13} | {'raw urllib3':>13} | {'ratio':>5} |")
-    print(f"|{'-' * 24}|{'-' * 15}|{'-' * 15}|{'-' * 7}|")
+    print(f"| {'operation':<25} | {'pykv':>13} | {'raw urllib3':>13} | {'ratio':>5} |")
+    print(f"|{'-' * 27}|{'-' * 15}|{'-' * 15}|{'-' * 7}|")
     for r in rows:
         print(
-            f"| {r.name:<22} | {fmt(r.pykv, r.unit):>13} | {fmt(r.raw, r.unit):>13} | "
+            f"| {r.name:<25} | {fmt(r.pykv, r.unit):>13} | {fmt(r.raw, r.unit):>13} | "
             f"{r.ratio:>5.2f} |"
         )
     print()
