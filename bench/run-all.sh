@@ -2,6 +2,9 @@
 # Run every store benchmark against servers started here, then plot the results for the docs:
 #
 #   bash bench/run-all.sh [OUT_DIR]        (default docs/results; as root)
+#   bash bench/run-all.sh --only consul [OUT_DIR]   (one backend's server and benchmark:
+#                                         consul, etcd (v3 and v2) or zookeeper; no plots,
+#                                         its table appended to OUT_DIR/bench.jsonl)
 #
 # The servers are processes in a private network namespace (`unshare -n`, its own loopback),
 # so their fixed ports cannot collide with anything else on the machine, and no traffic leaves
@@ -11,10 +14,17 @@
 set -euo pipefail
 shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
+only=
+if [[ ${1:-} == --only ]]; then
+  only=${2:?--only needs consul, etcd or zookeeper}
+  [[ $only =~ ^(consul|etcd|zookeeper)$ ]] || { echo "run-all.sh: unknown --only $only" >&2; exit 2; }
+  shift 2
+fi
 out=$(realpath -m "${1:-docs/results}")
+wants() { [[ -z $only || $only == "$1" ]]; }
 
 if [[ -z ${PYKV_BENCH_NETNS:-} ]]; then
-  exec unshare -n env PYKV_BENCH_NETNS=1 bash "$0" "$out"
+  exec unshare -n env PYKV_BENCH_NETNS=1 bash "$0" ${only:+--only "$only"} "$out"
 fi
 ip link set lo up
 
@@ -28,29 +38,39 @@ cleanup() {
 }
 trap cleanup EXIT
 
-etcd --name bench --data-dir "$work/etcd" --enable-v2=true \
-  --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
-  --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
-  --initial-cluster bench=http://127.0.0.1:2380 >"$work/etcd.log" 2>&1 &
-pids+=($!)
-consul agent -dev -bind 127.0.0.1 -client 127.0.0.1 -hcl 'session_ttl_min = "1s"' \
-  -hcl 'disable_update_check = true' >"$work/consul.log" 2>&1 &
-pids+=($!)
-mkdir -p "$work/zk"
-printf 'tickTime=1000\ndataDir=%s\nclientPort=2181\nminSessionTimeout=1000\nadmin.enableServer=false\n4lw.commands.whitelist=srvr,ruok\n' \
-  "$work/zk" >"$work/zoo.cfg"
-java -cp "$work:/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar" \
-  org.apache.zookeeper.server.quorum.QuorumPeerMain "$work/zoo.cfg" >"$work/zk.log" 2>&1 &
-pids+=($!)
+urls=()
+if wants etcd; then
+  urls+=(etcd://127.0.0.1:2379 etcd2://127.0.0.1:2379)
+  etcd --name bench --data-dir "$work/etcd" --enable-v2=true \
+    --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
+    --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+    --initial-cluster bench=http://127.0.0.1:2380 >"$work/etcd.log" 2>&1 &
+  pids+=($!)
+fi
+if wants consul; then
+  urls+=(consul://127.0.0.1:8500)
+  consul agent -dev -bind 127.0.0.1 -client 127.0.0.1 -hcl 'session_ttl_min = "1s"' \
+    -hcl 'disable_update_check = true' >"$work/consul.log" 2>&1 &
+  pids+=($!)
+fi
+if wants zookeeper; then
+  urls+=(zk://127.0.0.1:2181)
+  mkdir -p "$work/zk"
+  printf 'tickTime=1000\ndataDir=%s\nclientPort=2181\nminSessionTimeout=1000\nadmin.enableServer=false\n4lw.commands.whitelist=srvr,ruok\n' \
+    "$work/zk" >"$work/zoo.cfg"
+  java -cp "$work:/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar" \
+    org.apache.zookeeper.server.quorum.QuorumPeerMain "$work/zoo.cfg" >"$work/zk.log" 2>&1 &
+  pids+=($!)
+fi
 
 # Ready when pykv can write to each (30 s each at most).
-uv run --no-sync python - <<'PY'
+uv run --no-sync python - "${urls[@]}" <<'PY'
+import sys
 import time
 
 import pykv
 
-for url in ("etcd://127.0.0.1:2379", "etcd2://127.0.0.1:2379", "consul://127.0.0.1:8500",
-            "zk://127.0.0.1:2181"):
+for url in sys.argv[1:]:
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -66,11 +86,14 @@ PY
 
 mkdir -p "$out"
 export PYKV_BENCH_JSON=$out/bench.jsonl
-rm -f "$PYKV_BENCH_JSON"
+[[ -n $only ]] || rm -f "$PYKV_BENCH_JSON"
 run() { echo "+ $*" >&2; uv run --no-sync python "$@"; echo; }
-run bench/bench_store.py
-run bench/bench_etcd.py etcd://127.0.0.1:2379
-run bench/bench_etcd2.py etcd2://127.0.0.1:2379
-run bench/bench_consul.py consul://127.0.0.1:8500
-run bench/bench_zookeeper.py zk://127.0.0.1:2181
+[[ -n $only ]] || run bench/bench_store.py
+if wants etcd; then
+    run bench/bench_etcd.py etcd://127.0.0.1:2379
+    run bench/bench_etcd2.py etcd2://127.0.0.1:2379
+fi
+wants consul && run bench/bench_consul.py consul://127.0.0.1:8500
+wants zookeeper && run bench/bench_zookeeper.py zk://127.0.0.1:2181
+[[ -n $only ]] && exit 0
 uv run --no-sync python bench/plot.py "$PYKV_BENCH_JSON" "$out" >&2

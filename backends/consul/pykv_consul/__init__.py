@@ -1,4 +1,4 @@
-"""``consul://`` — pykv on Consul's KV and session HTTP APIs, through py-consul.
+"""``consul://`` — pykv on Consul's KV and session HTTP APIs, spoken directly over urllib3.
 
 URL form
     ``consul://[host[:port][,host[:port]...]][/prefix][?option=value...]``, e.g.
@@ -94,7 +94,7 @@ Service catalog
     A token needs ``service:write`` on the service name (ACLs on) to register.
 
 Tested server versions
-    Consul 1.8.7 (single server and three-server cluster), with py-consul 1.8.0.
+    Consul 1.8.7 (single server and three-server cluster), with urllib3 2.x.
 """
 
 from ._lock import ConsulLock

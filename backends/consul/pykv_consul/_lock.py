@@ -81,15 +81,11 @@ class ConsulLock(Lock):
                     self._drop(session)
                     return None
                 # Wait for the holder to go: a blocking query on the key, at most `remaining`.
-                index, entry = store._call(f"lock {self.key!r}", lambda c: c.kv.get(path))
+                index, entry = store._transport.kv_get(f"lock {self.key!r}", path)
                 if entry is None or not entry.get("Session"):
                     continue
                 wait = store._wait if remaining is None else max(0.01, min(store._wait, remaining))
-
-                def query(client: Any, at: int = index, wait_for: str = f"{wait:.3f}s") -> Any:
-                    return client.kv.get(path, index=at, wait=wait_for)
-
-                store._transport.call(f"wait for lock {self.key!r}", query, blocking=wait)
+                store._transport.kv_get(f"wait for lock {self.key!r}", path, index=index, wait=wait)
         except BaseException:
             if session is not None:
                 self._drop(session)
@@ -119,7 +115,7 @@ class ConsulLock(Lock):
             f"pykv-consul-lock {self.key}",
             lambda: self.store._poll(
                 f"hold lock {self.key!r}",
-                lambda c, i, w: c.kv.get(path, index=i, wait=w),
+                path,
                 token,
                 check,
                 stop,

@@ -12,8 +12,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from consul.std import parse_duration
-
 from pykv import (
     Capability,
     ConfigurationError,
@@ -33,7 +31,7 @@ from pykv import (
 )
 
 from ._catalog import CheckLike, EndpointLike, service_definition, ttl_check_id
-from ._transport import SessionRejected, Transport, TxnFailed, b64
+from ._transport import SessionRejected, Transport, TxnFailed, b64, parse_duration
 
 __all__ = ["ConsulOptions", "ConsulStore"]
 
@@ -102,15 +100,21 @@ class ConsulStore(Store):
         options.check_files(url)
         port = DEFAULT_TLS_PORT if options.tls else DEFAULT_PORT
         hosts = [h.with_default_port(port) for h in url.hosts] or [Host("127.0.0.1", port)]
-        cert: Any = (options.cert, options.key) if options.key else options.cert
+        tls: dict[str, Any] = {}
+        if options.tls:
+            tls["cert_reqs"] = "CERT_REQUIRED" if options.verify else "CERT_NONE"
+            tls["ca_certs"] = options.ca
+            tls["cert_file"] = options.cert
+            tls["key_file"] = options.key
+            if not options.verify:
+                tls["assert_hostname"] = False
         self._transport = Transport(
             str(self),
             hosts,
             scheme="https" if options.tls else "http",
             token=options.token,
             consistent=options.consistent,
-            verify=options.ca if options.ca and options.verify else options.verify,
-            cert=cert,
+            tls=tls,
             timeout=self.timeout,
         )
         self._wait = max(0.5, min(MAX_WAIT, self.timeout))
@@ -144,11 +148,8 @@ class ConsulStore(Store):
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _call(self, what: str, fn: Callable[[Any], Any], *, idempotent: bool = True) -> Any:
-        return self._transport.call(what, fn, idempotent=idempotent)
-
     def _pair(self, key: str, entry: dict[str, Any]) -> KVPair:
-        return KVPair(key, entry.get("Value") or b"", int(entry["ModifyIndex"]))
+        return KVPair(key, entry.get("Value") or b"", entry["ModifyIndex"])
 
     def _tree_base(self, prefix: str) -> str:
         """The Consul prefix of everything strictly below ``prefix`` ('' = the whole KV)."""
@@ -168,8 +169,8 @@ class ConsulStore(Store):
 
     def _read(self, key: str) -> tuple[int, KVPair | None]:
         path = self._path(key)
-        index, entry = self._call(f"get {key!r}", lambda c: c.kv.get(path))
-        return int(index), None if entry is None else self._pair(key, entry)
+        index, entry = self._transport.kv_get(f"get {key!r}", path)
+        return index, None if entry is None else self._pair(key, entry)
 
     # -- keys and values --------------------------------------------------------------------
 
@@ -180,9 +181,17 @@ class ConsulStore(Store):
         return pair
 
     def _txn_write(
-        self, what: str, key: str, guards: list[dict[str, Any]], value: bytes, ttl: float | None
+        self,
+        what: str,
+        key: str,
+        guards: list[dict[str, Any]],
+        value: bytes,
+        ttl: float | None,
+        *,
+        results: bool = True,
     ) -> list[Any]:
-        """``guards``, ``delete``, then the write, in one transaction; returns the results.
+        """``guards``, ``delete``, then the write, in one transaction; returns the results
+        (when asked for).
 
         The ``delete`` does two things Consul's own writes do not: it frees a key a session
         holds (Consul keeps a held key's session on a plain write, so a plain write would
@@ -200,7 +209,7 @@ class ConsulStore(Store):
                     {"Verb": "lock", "Key": path, "Value": b64(value), "Session": session.id}
                 )
             try:
-                results = self._transport.txn(what, ops, idempotent=not guards)
+                found = self._transport.txn(what, ops, idempotent=not guards, results=results)
             except TxnFailed as exc:
                 if ttl is not None and attempt == 1 and _session_invalid(exc):
                     self._forget_ttl_session(ttl, "it was invalidated")
@@ -211,12 +220,12 @@ class ConsulStore(Store):
                     self._ttl_keys.pop(path, None)
                 else:
                     self._ttl_keys[path] = (ttl, value)
-            return results
+            return found
         raise AssertionError("unreachable")
 
     def _put(self, key: str, value: bytes, ttl: float | None) -> None:
         try:
-            self._txn_write(f"put {key!r}", key, [], value, ttl)
+            self._txn_write(f"put {key!r}", key, [], value, ttl, results=False)
         except TxnFailed as exc:
             raise UnavailableError(f"put {key!r} on {self} failed: {exc}") from exc
 
@@ -226,11 +235,11 @@ class ConsulStore(Store):
         # invalidated cannot outlive it (see _recreate).
         with self._mutex:
             self._ttl_keys.pop(path, None)
-        self._call(f"delete {key!r}", lambda c: c.kv.delete(path))
+        self._transport.kv_delete(f"delete {key!r}", path)
 
     def _list(self, prefix: str) -> list[KVPair]:
         base = self._tree_base(prefix)
-        _, entries = self._call(f"list {prefix!r}", lambda c: c.kv.get(base, recurse=True))
+        _, entries = self._transport.kv_get(f"list {prefix!r}", base, recurse=True)
         return self._pairs(entries)
 
     def _delete_tree(self, prefix: str) -> None:
@@ -352,9 +361,7 @@ class ConsulStore(Store):
         """Forget a session and destroy it (Consul deletes the keys it holds at once)."""
         with self._mutex:
             self._sessions.discard(session)
-        self._call(
-            f"destroy the session of {session.purpose}", lambda c: c.session.destroy(session.id)
-        )
+        self._transport.destroy_session(f"destroy the session of {session.purpose}", session.id)
 
     def _ttl_session(self, ttl: float) -> _Session:
         with self._mutex:
@@ -446,7 +453,7 @@ class ConsulStore(Store):
                     raise UnavailableError(f"re-create {path!r} on {self}: {exc}") from exc
                 # The key exists: written by this store meanwhile (keep it), or by another
                 # client (theirs wins).
-                _, current = self._call(f"get {path!r}", lambda c: c.kv.get(path))
+                _, current = self._transport.kv_get(f"get {path!r}", path)
                 with self._mutex:
                     if (
                         current is not None
@@ -569,33 +576,32 @@ class ConsulStore(Store):
     def _poll(
         self,
         what: str,
-        fetch: Callable[[Any, int, str], tuple[Any, Any]],
+        path: str,
         index: int,
         on_change: Callable[[Any], bool],
         stop: threading.Event,
         on_error: Callable[[PyKVError], None],
         *,
+        recurse: bool = False,
         own_connections: bool = True,
     ) -> None:
-        """Blocking queries from ``index`` until ``stop``; ``on_change(data)`` after each
-        answer returns False to end. Errors are retried with back-off (the watch survives
-        agent failures and leader elections) until nothing succeeded for the give-up time.
-        Long-lived watches get connections of their own; a lock's short watch shares the
-        store's pool."""
+        """Blocking queries on ``path`` (with ``recurse``: the entries below it) from ``index``
+        until ``stop``; ``on_change(entry or entries)`` after each answer returns False to end.
+        Errors are retried with back-off (the watch survives agent failures and leader
+        elections) until nothing succeeded for the give-up time. Long-lived watches get
+        connections of their own; a lock's short watch shares the store's pool."""
         transport = self._transport.clone(f"{what} on {self}") if own_connections else None
         run = transport or self._transport
-        wait = f"{self._wait:g}s"
         give_up = max(30.0, 3 * self.timeout)
+        index = max(1, index)  # index 0 would make a query that does not block
         failing_since: float | None = None
         backoff = 0.05
         try:
             while not stop.is_set() and not self._stop.is_set():
-
-                def query(client: Any, at: int = index) -> tuple[Any, Any]:
-                    return fetch(client, at, wait)
-
                 try:
-                    new_index, data = run.call(what, query, blocking=self._wait)
+                    new_index, data = run.kv_get(
+                        what, path, recurse=recurse, index=index, wait=self._wait
+                    )
                 except PermissionDeniedError as exc:
                     on_error(exc)
                     return
@@ -614,7 +620,7 @@ class ConsulStore(Store):
                     return
                 # Consul's rules: an index that goes backwards (a snapshot restore, a new
                 # leader with a different view) restarts from the answer's index; never < 1.
-                index = max(1, int(new_index))
+                index = max(1, new_index)
                 if not on_change(data):
                     return
         except Exception as exc:  # never end silently: the consumer gets the error
@@ -661,7 +667,7 @@ class ConsulStore(Store):
             watch,
             lambda: self._poll(
                 f"watch {key!r}",
-                lambda c, i, w: c.kv.get(path, index=i, wait=w),
+                path,
                 index,
                 changed,
                 stop,
@@ -672,9 +678,7 @@ class ConsulStore(Store):
 
     def _watch_tree(self, prefix: str) -> Watch[list[KVPair]]:
         base = self._tree_base(prefix)
-        index, entries = self._call(
-            f"watch_tree {prefix!r}", lambda c: c.kv.get(base, recurse=True)
-        )
+        index, entries = self._transport.kv_get(f"watch_tree {prefix!r}", base, recurse=True)
         current = self._pairs(entries)
         stop = threading.Event()
         watch: Watch[list[KVPair]] = Watch(
@@ -695,11 +699,12 @@ class ConsulStore(Store):
             watch,
             lambda: self._poll(
                 f"watch_tree {prefix!r}",
-                lambda c, i, w: c.kv.get(base, index=i, wait=w, recurse=True),
-                int(index),
+                base,
+                index,
                 changed,
                 stop,
                 watch._fail,
+                recurse=True,
             ),
         )
         return watch
@@ -759,7 +764,7 @@ class ConsulStore(Store):
             what,
             "/v1/agent/service/register",
             definition,
-            params=[("replace-existing-checks", "true")],
+            query="?replace-existing-checks=true",
         )
 
     # -- locks and closing ------------------------------------------------------------------
