@@ -29,6 +29,7 @@ from pykv import (
     UnavailableError,
     Watch,
 )
+from pykv.kit import TreeFeed
 
 from ._catalog import CheckLike, EndpointLike, service_definition, ttl_check_id
 from ._transport import SessionRejected, Transport, TxnFailed, b64, parse_duration
@@ -679,19 +680,18 @@ class ConsulStore(Store):
     def _watch_tree(self, prefix: str) -> Watch[list[KVPair]]:
         base = self._tree_base(prefix)
         index, entries = self._transport.kv_get(f"watch_tree {prefix!r}", base, recurse=True)
-        current = self._pairs(entries)
         stop = threading.Event()
         watch: Watch[list[KVPair]] = Watch(
             f"watch_tree({prefix!r}) on {self}", on_close=self._on_watch_close(stop)
         )
-        watch._emit(current)
-        last = [current]
+        feed = TreeFeed(watch, "", 0, self._pairs(entries), 0)
+        answers = [0]
 
         def changed(data: list[dict[str, Any]] | None) -> bool:
-            snapshot = self._pairs(data)
-            if snapshot != last[0]:
-                last[0] = snapshot
-                watch._emit(snapshot)
+            # Every answer is the whole tree: the feed delivers it if it differs (with the
+            # delta), positions are the answers' order.
+            answers[0] += 1
+            feed.reset_relative(self._pairs(data), answers[0], resynced=False)
             return True
 
         self._start_watch(
