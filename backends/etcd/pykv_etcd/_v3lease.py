@@ -300,38 +300,41 @@ class Leases:
             for lease in leases:
                 if self._stop.is_set():
                     return
-                if lease.for_lock and time.monotonic() >= self.lost_at(lease) - 0.1:
-                    # Tell the holder before etcd can expire the lease and hand the lock on;
-                    # the lease is presumed dead from now on, even if a renewal comes through.
-                    for lock in list(lease.locks):
-                        lock._mark_lost("etcd could not be reached for nearly the lease's TTL")
-                    self.abandon(lease)
-                    continue
-                if time.monotonic() < lease.next_renewal:
-                    continue
-                sent = time.monotonic()
-                try:
-                    ttl = self._renew(lease, cap)
-                    if ttl > 0:
-                        lease.expires = sent + ttl
-                        lease.next_renewal = sent + max(0.2, lease.granted / 3)
-                        self._check_locks(lease)
-                        self.recreate(lease)  # what a replacement could not write yet
-                    elif lease.for_lock:
-                        for lock in list(lease.locks):
-                            lock._mark_lost("its etcd lease expired")
-                        with self.mutex:
-                            self.lock_leases.discard(lease)
-                    else:
-                        self.replace(lease, lease.id)
-                except PyKVError as exc:
-                    log.warning(
-                        "renewing the %d s lease of %s failed: %s", lease.ttl, self.name, exc
-                    )
-                    lease.next_renewal = time.monotonic() + min(0.25, lease.granted / 10)
-                except Exception:  # keep the thread alive: TTL keys depend on it
-                    log.exception("lease keepalive of %s failed", self.name)
-                    lease.next_renewal = time.monotonic() + 1.0
+                self._tend(lease, cap)
+
+    def _tend(self, lease: _Lease, cap: float | None) -> None:
+        """One lease's turn in the keeper: tell its locks they are lost if it may have expired,
+        else renew it when due (never past ``cap``, when some lock must be told)."""
+        if lease.for_lock and time.monotonic() >= self.lost_at(lease) - 0.1:
+            # Tell the holder before etcd can expire the lease and hand the lock on; the
+            # lease is presumed dead from now on, even if a renewal comes through.
+            for lock in list(lease.locks):
+                lock._mark_lost("etcd could not be reached for nearly the lease's TTL")
+            self.abandon(lease)
+            return
+        if time.monotonic() < lease.next_renewal:
+            return
+        sent = time.monotonic()
+        try:
+            ttl = self._renew(lease, cap)
+            if ttl > 0:
+                lease.expires = sent + ttl
+                lease.next_renewal = sent + max(0.2, lease.granted / 3)
+                self._check_locks(lease)
+                self.recreate(lease)  # what a replacement could not write yet
+            elif lease.for_lock:
+                for lock in list(lease.locks):
+                    lock._mark_lost("its etcd lease expired")
+                with self.mutex:
+                    self.lock_leases.discard(lease)
+            else:
+                self.replace(lease, lease.id)
+        except PyKVError as exc:
+            log.warning("renewing the %d s lease of %s failed: %s", lease.ttl, self.name, exc)
+            lease.next_renewal = time.monotonic() + min(0.25, lease.granted / 10)
+        except Exception:  # keep the thread alive: TTL keys depend on it
+            log.exception("lease keepalive of %s failed", self.name)
+            lease.next_renewal = time.monotonic() + 1.0
 
     def _revoke_abandoned(self, cap: float | None) -> None:
         """One attempt to revoke each abandoned lease, forgotten once etcd surely expired it."""
