@@ -14,10 +14,11 @@ followed by a thread of its own, spread over ``--watcher-procs`` processes (defa
 
 Phases, in order: publish (time from the start signal until every worker has every endpoint
 acknowledged); a quiet window of ``--duration`` seconds with only the hosts connected, over
-which the servers' own metrics count keepalive requests; open the watchers (each first list
-holds every endpoint); ``--changes`` changes, one every ``--change-interval`` seconds (default 1), half
-re-registering an endpoint with a new port, half deregistering one; per change, the time from
-the write's start until the last watcher's list showed it. Process CPU and RSS come from /proc.
+which the servers' own metrics count keepalive requests; open the watchers (one at a time per
+process, each first list holding every endpoint); ``--changes`` changes, one every
+``--change-interval`` seconds (default 1), half re-registering an endpoint with a new port,
+half deregistering one; per change, the time from the write's start until the last watcher's
+list showed it. Process CPU and RSS come from /proc.
 
 Every process uses ``time.monotonic()``, which is one clock for the whole machine on Linux.
 """
@@ -261,8 +262,21 @@ def send(stream: IO[str], message: dict[str, Any]) -> None:
     stream.flush()
 
 
+def exit_with_parent() -> None:
+    """End this worker when the controller ends, even in the middle of a phase."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
 def hosts_worker(args: argparse.Namespace) -> None:
     """Open ``--count`` hosts from ``--first``, register, then obey change commands on stdin."""
+    exit_with_parent()
     nodes = args.urls.split(",")
     scheme = SCHEMES[args.backend]
     stores: dict[int, pykv.Store] = {}
@@ -329,19 +343,29 @@ def visible(endpoints: list[Endpoint], change: dict[str, Any]) -> bool:
 
 def watchers_worker(args: argparse.Namespace) -> None:
     """``--count`` watchers of the whole prefix; report when each saw each planned change."""
+    exit_with_parent()
     nodes = args.urls.split(",")
     scheme = SCHEMES[args.backend]
     plan: list[dict[str, Any]] = json.loads(Path(args.plan).read_text())
-    expected = args.hosts * args.endpoints
     seen = [[math.nan] * len(plan) for _ in range(args.count)]
     opened = [math.nan] * args.count
+    took = [math.nan] * args.count  # each watcher's own opening time
+    held = [0] * args.count  # how many endpoints its first list held
+    dead = [False] * args.count  # its watch failed
     events = [0] * args.count
     errors: list[str] = []
     stop = threading.Event()
     started = time.monotonic()
 
+    # Watchers open --open-concurrency at a time per process, as hosts starting one after
+    # another would: 25 opening at once in one process (each reading and parsing every
+    # endpoint, all under one GIL) made etcd's watch_tree calls pass their 30 s timeout.
+    opening = threading.Semaphore(args.open_concurrency)
+
     def follow(w: int) -> None:
         host = args.first + w
+        holding = opening.acquire()
+        began = time.monotonic()
         try:
             with pykv.open_store(host_url(scheme, nodes, host), timeout=args.timeout) as store:
                 watch = Registry(store).watch()
@@ -349,16 +373,22 @@ def watchers_worker(args: argparse.Namespace) -> None:
                 for endpoints in watch.follow(stop):
                     now = time.monotonic()
                     events[w] += 1
-                    if math.isnan(opened[w]):
-                        if len(endpoints) < expected:
-                            continue  # not everything yet (a watch may start mid-publish)
+                    if math.isnan(opened[w]):  # the first list: what the store holds now
+                        held[w] = len(endpoints)
                         opened[w] = now - started
+                        took[w] = now - began
+                        opening.release()
+                        holding = False
                     for k in [k for k in pending if visible(endpoints, plan[k])]:
                         seen[w][k] = now
                         pending.discard(k)
                 watch.close()
         except Exception as exc:  # reported to the controller
             errors.append(f"watcher {host}: {type(exc).__name__}: {exc}")
+            dead[w] = True
+        finally:
+            if holding:
+                opening.release()
 
     before = usage(os.getpid())
     threads = [threading.Thread(target=follow, args=(w,), daemon=True) for w in range(args.count)]
@@ -381,7 +411,18 @@ def watchers_worker(args: argparse.Namespace) -> None:
     stop.set()
     for t in threads:
         t.join(timeout=5)
-    send(sys.stdout, {"seen": seen, "opened": opened, "events": events, "errors": errors})
+    send(
+        sys.stdout,
+        {
+            "seen": seen,
+            "opened": opened,
+            "took": took,
+            "held": held,
+            "dead": dead,
+            "events": events,
+            "errors": errors,
+        },
+    )
 
 
 # ---- the controller -------------------------------------------------------------------------
@@ -591,7 +632,13 @@ def controller(args: argparse.Namespace) -> None:
     sampler.mark("watchers open")
     opening = time.monotonic()
     watchers = [
-        Worker("_watchers", args, args.hosts + first, count, ["--plan", str(plan_path)])
+        Worker(
+            "_watchers",
+            args,
+            args.hosts + first,
+            count,
+            ["--plan", str(plan_path), "--open-concurrency", str(args.open_concurrency)],
+        )
         for first, count in split(args.watchers, args.watcher_procs)
     ]
     starts = [w.receive() for w in watchers]
@@ -662,6 +709,8 @@ def controller(args: argparse.Namespace) -> None:
     seen = [row for r in reports for row in r["seen"]]
     result["watcher_events"] = [e for r in reports for e in r["events"]]
     result["watch_open_s"] = [o for r in reports for o in r["opened"]]
+    result["watch_open_each_s"] = [o for r in reports for o in r.get("took", [])]
+    result["watch_first_list_len"] = [n for r in reports for n in r.get("held", [])]
     werrors = [e for r in reports for e in r["errors"]]
     if werrors:
         result["findings"].append(f"watcher errors: {werrors[:3]}")
@@ -671,9 +720,18 @@ def controller(args: argparse.Namespace) -> None:
     change_errors = [d["error"] for d in done.values() if d["error"]]
     if change_errors:
         result["findings"].append(f"{len(change_errors)} changes failed: {change_errors[:3]}")
+    # A watcher whose watch failed is left out of "all watchers", and counted: one dead
+    # watcher would otherwise make every change "missed".
+    dead = [d for r in reports for d in r.get("dead", [False] * len(r["seen"]))]
+    alive = [row for row, gone in zip(seen, dead, strict=True) if not gone]
+    result["watchers_failed"] = sum(dead)
+    result["delays_s"] = [
+        [None if math.isnan(row[k]) else row[k] - done[k]["t0"] for row in seen]
+        for k in range(len(plan))
+    ]
     for k in range(len(plan)):
-        times = [row[k] for row in seen]
-        if any(math.isnan(t) for t in times) or done[k]["error"]:
+        times = [row[k] for row in alive]
+        if not times or any(math.isnan(t) for t in times) or done[k]["error"]:
             missed += 1
             continue
         t0 = done[k]["t0"]
@@ -742,7 +800,8 @@ def table(results: dict[str, Any]) -> str:
                 f"{r['keepalive_per_host_per_interval']:.2f} ({r['keepalive_metric']})",
                 "none (per key)" if held is None else f"{held:.2f}",
                 f"{r['convergence_p50_s'] * 1000:.0f} / {r['convergence_p99_s'] * 1000:.0f} ms"
-                + (f" ({r['changes_missed']} missed)" if r["changes_missed"] else ""),
+                + (f" ({r['changes_missed']} missed)" if r["changes_missed"] else "")
+                + (f", {r['watchers_failed']} watchers failed" if r.get("watchers_failed") else ""),
                 f"{r['watcher_rss_per_watcher_bytes'] / 2**20:.0f} MiB, "
                 f"{r['watcher_cpu_per_watcher_per_change_s'] * 1000:.0f} ms",
                 f"{r['server_cpu_idle_cores']:.2f} / {r['server_cpu_changes_cores']:.2f} cores",
@@ -790,6 +849,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--first", type=int, default=0)
     parser.add_argument("--count", type=int, default=0)
     parser.add_argument("--plan", default="")
+    parser.add_argument(
+        "--open-concurrency", type=int, default=1, help="watchers opening at once per process"
+    )
     args = parser.parse_args(argv)
     if args.role == "_hosts":
         hosts_worker(args)
