@@ -29,11 +29,13 @@ LABELS = {"etcd": "etcd v3", "etcd2": "etcd v2", "consul": "Consul", "zookeeper"
 
 
 def subtitle(results: dict[str, Any]) -> str:
+    sizes = sorted({f"{r['hosts']} hosts x {r['endpoints']} endpoints" for r in results.values()})
+    if len(sizes) > 1:
+        sizes = [
+            ", ".join(f"{LABELS[n]} {r['hosts']}x{r['endpoints']}" for n, r in results.items())
+        ]
     r = next(iter(results.values()))
-    return (
-        f"{r['hosts']} hosts x {r['endpoints']} endpoints, {r['watchers']} watchers, "
-        f"TTL {r['ttl']:g} s, 3-node clusters"
-    )
+    return f"{sizes[0]}, {r['watchers']} watchers, TTL {r['ttl']:g} s, 3-node clusters"
 
 
 def convergence(results: dict[str, Any], out: Path) -> Path:
@@ -54,7 +56,7 @@ def convergence(results: dict[str, Any], out: Path) -> Path:
     ax.set_xscale("log")
     ax.set_xlabel("change to all watchers (ms, log scale)")
     ax.set_ylabel("changes (%)")
-    ax.set_title(f"Convergence: {subtitle(results)}", fontsize=9)
+    ax.set_title(f"Convergence\n{subtitle(results)}", fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return finish(fig, out / "scale-convergence.png")
@@ -79,7 +81,7 @@ def keepalive(results: dict[str, Any], out: Path) -> Path:
     ax.set_yscale("log")
     ax.set_ylim(0.1, max([*values, 1]) * 10)
     ax.set_ylabel("requests per host per TTL/3 (log)")
-    ax.set_title(f"Keepalive traffic, from the servers' metrics: {subtitle(results)}", fontsize=9)
+    ax.set_title(f"Keepalive traffic, from the servers' metrics\n{subtitle(results)}", fontsize=9)
     ax.legend(fontsize=8)
     return finish(fig, out / "scale-keepalive.png")
 
@@ -99,6 +101,12 @@ def cpu(results: dict[str, Any], out: Path) -> Path:
                     group in before
                     and group in after
                     and after[group]["cpu"] >= before[group]["cpu"]
+                    and after["t"] - before["t"] >= 1.0  # a late sample after a short one
+                    and after[group].get("n") == before[group].get("n")
+                    # a process of the group ended or was reaped between the samples (older
+                    # files have no "n"): its ticks jump
+                    and (after[group]["cpu"] - before[group]["cpu"]) / (after["t"] - before["t"])
+                    < 16
                 ):
                     times.append(after["t"])
                     cores.append(
@@ -126,7 +134,7 @@ def cpu(results: dict[str, Any], out: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7, loc="upper right")
     axes[-1, 0].set_xlabel("seconds since the cluster was ready")
-    axes[0, 0].set_title(f"CPU over the run: {subtitle(results)}", fontsize=9)
+    axes[0, 0].set_title(f"CPU over the run\n{subtitle(results)}", fontsize=9)
     return finish(fig, out / "scale-cpu.png")
 
 
@@ -143,7 +151,7 @@ def watchers(results: dict[str, Any], out: Path) -> Path:
         for i, v in enumerate(values):
             ax.annotate(f"{v:.1f}", (i, v), ha="center", va="bottom", fontsize=8)
         ax.tick_params(labelsize=8)
-    fig.suptitle(f"Watchers: {subtitle(results)}", fontsize=9)
+    fig.suptitle(f"Watchers\n{subtitle(results)}", fontsize=9)
     return finish(fig, out / "scale-watchers.png")
 
 

@@ -121,8 +121,12 @@ class Sampler(threading.Thread):
             with self.lock:
                 row: dict[str, Any] = {"t": round(time.monotonic() - self.t0, 2)}
                 for name, pids in self.groups.items():
-                    u = total(pids)
-                    row[name] = {"cpu": u.cpu, "rss": u.rss}
+                    found = [x for x in map(usage, pids) if x is not None]
+                    row[name] = {
+                        "cpu": sum(x.cpu for x in found),
+                        "rss": sum(x.rss for x in found),
+                        "n": len(found),  # processes alive: a change makes the delta meaningless
+                    }
                 self.samples.append(row)
 
 
@@ -799,7 +803,11 @@ def table(results: dict[str, Any]) -> str:
                 f"{r['publish_s']:.1f} s",
                 f"{r['keepalive_per_host_per_interval']:.2f} ({r['keepalive_metric']})",
                 "none (per key)" if held is None else f"{held:.2f}",
-                f"{r['convergence_p50_s'] * 1000:.0f} / {r['convergence_p99_s'] * 1000:.0f} ms"
+                (
+                    f"{r['convergence_p50_s'] * 1000:.0f} / {r['convergence_p99_s'] * 1000:.0f} ms"
+                    if r["convergence_s"]
+                    else "none reached all"
+                )
                 + (f" ({r['changes_missed']} missed)" if r["changes_missed"] else "")
                 + (f", {r['watchers_failed']} watchers failed" if r.get("watchers_failed") else ""),
                 f"{r['watcher_rss_per_watcher_bytes'] / 2**20:.0f} MiB, "
