@@ -386,6 +386,7 @@ class SQLiteStore(Store):
 
     def _get(self, key: str) -> KVPair:
         try:  # not a context manager: this is the hottest path
+            cursor: sqlite3.Cursor | None
             try:
                 cursor = self._readers.pop()  # atomic: no lock needed
             except IndexError:
