@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Run every store benchmark against servers started here, then plot the results for the docs:
 #
-#   bash bench/run-all.sh [OUT_DIR]        (default docs/results; as root)
+#   bash bench/run-all.sh [--only NAME] [OUT_DIR]   (default docs/results; as root)
+#
+# --only NAME runs bench/bench_NAME.py alone (e.g. --only scale: the ZooKeeper 50,000-key
+# listing and the etcd v2 TTL keepalive of bench/bench_scale.py, which take minutes).
 #
 # The servers are processes in a private network namespace (`unshare -n`, its own loopback),
 # so their fixed ports cannot collide with anything else on the machine, and no traffic leaves
@@ -11,6 +14,11 @@
 set -euo pipefail
 shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
+if [[ ${1:-} == --only ]]; then
+  export PYKV_BENCH_ONLY=${2:?--only needs a benchmark name}
+  shift 2
+fi
+only=${PYKV_BENCH_ONLY:-}
 out=$(realpath -m "${1:-docs/results}")
 
 if [[ -z ${PYKV_BENCH_NETNS:-} ]]; then
@@ -66,11 +74,18 @@ PY
 
 mkdir -p "$out"
 export PYKV_BENCH_JSON=$out/bench.jsonl
-rm -f "$PYKV_BENCH_JSON"
-run() { echo "+ $*" >&2; uv run --no-sync python "$@"; echo; }
+[[ -n $only ]] || rm -f "$PYKV_BENCH_JSON"  # --only appends its tables
+run() {
+  [[ -z $only || $1 == "bench/bench_$only.py" ]] || return 0
+  echo "+ $*" >&2; uv run --no-sync python "$@"; echo
+}
 run bench/bench_store.py
 run bench/bench_etcd.py etcd://127.0.0.1:2379
 run bench/bench_etcd2.py etcd2://127.0.0.1:2379
 run bench/bench_consul.py consul://127.0.0.1:8500
 run bench/bench_zookeeper.py zk://127.0.0.1:2181
-uv run --no-sync python bench/plot.py "$PYKV_BENCH_JSON" "$out" >&2
+if [[ -n $only ]]; then  # minutes: only when asked for
+  run bench/bench_scale.py zk zk://127.0.0.1:2181
+  run bench/bench_scale.py etcd2 etcd2://127.0.0.1:2379
+fi
+[[ -n $only ]] || uv run --no-sync python bench/plot.py "$PYKV_BENCH_JSON" "$out" >&2

@@ -12,7 +12,9 @@ Options
     ``timeout`` (seconds, default 10) bounds every call, failover included; ``prefix`` (or the
     URL path); ``username``/``password`` (or the URL's user info): HTTP basic auth of etcd's v2
     auth; ``tls``, ``ca``, ``cert``, ``key``, ``verify`` for HTTPS with a CA bundle and a client
-    certificate.
+    certificate; ``max_refresh_rate`` (default 1000): the refresh writes per second this store's
+    TTL keys may need (each takes 3/TTL); a put with a TTL beyond it raises
+    :class:`~pykv.InvalidArgumentError` naming the limit.
 
 Capabilities
     Everything: kv, atomic, ttl, watch, watch_tree, lock, shared, persistent.
@@ -61,8 +63,9 @@ Revisions
 
 TTL keys and locks
     ``put(..., ttl=T)`` writes the node with ``ttl=ceil(T)``; one thread per store refreshes
-    it every T/3 seconds with ``refresh=true&prevIndex=<last index>``, so a key rewritten by
-    someone else is never extended by this store. A lock creates its bookkeeping node with
+    it every T/3 seconds (keys due together over a pool of four connections) with
+    ``refresh=true&prevIndex=<last index>``, so a key rewritten by someone else is never
+    extended by this store. A lock creates its bookkeeping node with
     ``prevExist=false`` and a TTL; its ``createdIndex`` (etcd's global index) is the fencing
     token. The lock's value is a TTL key at the lock's own key. Waiters watch the bookkeeping
     node (``wait=true&waitIndex=``) instead of polling. ``lost`` is set when a refresh finds
