@@ -29,6 +29,7 @@ from kazoo.exceptions import (
     NotEmptyError,
     RolledBackError,
     SessionExpiredError,
+    UnimplementedError,
 )
 from kazoo.handlers.threading import KazooTimeoutError, SequentialThreadingHandler
 from kazoo.protocol.serialization import (
@@ -420,6 +421,7 @@ class ZooKeeperStore(Store):
             }
         self._mutex = threading.Lock()
         self._multi_read: bool | None = None  # see _has_multi_read
+        self._probe_after = 0.0
         # this store's TTL keys, re-created after their session expired
         self._ephemeral: dict[str, _Tracked] = {}
         self._watchers: set[_Watcher] = set()
@@ -923,12 +925,17 @@ class ZooKeeperStore(Store):
 
     def _has_multi_read(self) -> bool:
         """Whether the servers answer multiRead (ZooKeeper 3.6+), asked once per store. A
-        server without it closes the session that sends it, so a throwaway session asks."""
-        if self._multi_read is None:
+        server without it closes the session that sends it, so a throwaway session asks; when
+        it cannot ask, walks go node by node and it asks again a minute later."""
+        if self._multi_read is None and time.monotonic() >= self._probe_after:
             self._multi_read = self._probe_multi_read()
-        return self._multi_read
+            if self._multi_read is None:
+                self._probe_after = time.monotonic() + 60.0
+        return bool(self._multi_read)
 
-    def _probe_multi_read(self) -> bool:
+    def _probe_multi_read(self) -> bool | None:
+        # short waits: the probe spends the time of the call that needs the answer
+        wait = min(self.timeout / 4, 2.0)
         probe = KazooClient(
             hosts=self._hosts,
             timeout=_MAIN_SESSION_TIMEOUT,
@@ -938,15 +945,19 @@ class ZooKeeperStore(Store):
             handler=_Handler(),
             **self._tls,
         )
+        supported: bool | None
         try:
-            probe.start(timeout=min(self.timeout, 5.0))
+            probe.start(timeout=wait)
             result = probe.handler.async_result()
             probe._call(_MultiRead([(GetData.type, "/")]), result)
-            answer = result.get(timeout=self.timeout)
+            answer = result.get(timeout=wait)
             supported = isinstance(answer, list) and len(answer) == 1
-        except Exception as exc:  # noqa: BLE001  (any failure: read node by node)
+        except (UnimplementedError, ConnectionLoss, SessionExpiredError) as exc:
             log.info("%s: no multiRead (%s); recursive reads go node by node", self, exc)
-            supported = False
+            supported = False  # the server refused it and dropped the probe's session
+        except Exception as exc:  # noqa: BLE001  (no answer: node by node for now)
+            log.info("%s: could not ask for multiRead (%r); node by node for now", self, exc)
+            supported = None
         threading.Thread(target=_stop_quietly, args=(probe,), daemon=True).start()
         return supported
 
