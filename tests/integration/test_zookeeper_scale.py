@@ -78,7 +78,8 @@ def test_list_of_a_nested_tree_equals_reading_it_node_by_node(
 ) -> None:
     expected = node_by_node(raw, f"/{tree}/t")
     assert len(expected) > 2000  # the keys and their directories
-    with pykv.open_store(zk_url, prefix=tree) as store:
+    # correctness, not speed: time enough for node-by-node reads on a busy machine
+    with pykv.open_store(zk_url, prefix=tree, timeout=120) as store:
         if not batched:
             store._multi_read = False  # type: ignore[attr-defined]  # as on ZooKeeper 3.5
         pairs = store.list("t")
@@ -89,7 +90,7 @@ def test_list_of_a_nested_tree_equals_reading_it_node_by_node(
         f"t/{k}": v for k, v in expected.items()
     }
     # a subtree, and a prefix with nothing below it
-    with pykv.open_store(zk_url, prefix=tree) as store:
+    with pykv.open_store(zk_url, prefix=tree, timeout=120) as store:
         sub = store.list("t/s3")
         assert {p.key for p in sub} == {f"t/{k}" for k in expected if k.startswith("s3/")}
         store.put("t/lonely", b"x")
@@ -105,7 +106,7 @@ def test_delete_tree_removes_a_nested_tree(zk_url: str, raw: KazooClient) -> Non
     for op in ops:
         op.get(timeout=30)
     try:
-        with pykv.open_store(zk_url, prefix=prefix) as store:
+        with pykv.open_store(zk_url, prefix=prefix, timeout=120) as store:
             store.put("kept", b"1")
             assert len(store.list("d")) > 1500
             store.delete_tree("d")
