@@ -50,7 +50,7 @@ def tree(raw: KazooClient) -> Iterator[str]:
         raw.ensure_path(f"/{prefix}/t/{parent}")
     ops = [raw.create_async(f"/{prefix}/t/{p}", f"v{i}".encode()) for i, p in enumerate(paths)]
     for op in ops:
-        op.get(timeout=30)
+        op.get(timeout=120)
     yield prefix
     if raw.exists(f"/{prefix}"):
         raw.delete(f"/{prefix}", recursive=True)
@@ -104,7 +104,7 @@ def test_delete_tree_removes_a_nested_tree(zk_url: str, raw: KazooClient) -> Non
         raw.ensure_path(f"/{prefix}/{parent}")
     ops = [raw.create_async(f"/{prefix}/{p}", b"v") for p in paths]
     for op in ops:
-        op.get(timeout=30)
+        op.get(timeout=120)
     try:
         with pykv.open_store(zk_url, prefix=prefix, timeout=120) as store:
             store.put("kept", b"1")
