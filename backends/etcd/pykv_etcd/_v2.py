@@ -392,6 +392,7 @@ class Etcd2Store(Store):
         self._locks: set[_Etcd2Lock] = set()
         self._keepalive: threading.Thread | None = None
         self._refreshers: concurrent.futures.ThreadPoolExecutor | None = None
+        self._late_warned = -60.0
         self._wake = threading.Event()
         self._watches: set[_WatchWorker] = set()
 
@@ -978,6 +979,17 @@ class Etcd2Store(Store):
                 except Exception:
                     log.exception("%s: renewing the lock %r failed", self, lock.key)
             due_keys.sort(key=lambda t: t.due)
+            late = sum(1 for t in due_keys if now - t.due > t.ttl / 3)
+            if late and now >= self._late_warned + 60:  # 2/3 of their TTL gone: say so
+                self._late_warned = now
+                log.warning(
+                    "%s: the keepalive is falling behind: %d TTL keys were refreshed late "
+                    "(%.0f refresh writes/s needed; lower the option 'max_refresh_rate' to "
+                    "what this machine sustains, see bench/bench_scale.py)",
+                    self,
+                    late,
+                    self._ttl_keys.refresh_rate(),
+                )
             for start in range(0, len(due_keys), REFRESH_SLICE):
                 cap = self._tell_locks()
                 if self._stop.is_set():
