@@ -16,7 +16,9 @@ from kazoo.client import KazooClient
 
 import pykv
 
-pytestmark = [pytest.mark.integration, pytest.mark.zookeeper]
+# Thousands of calls with kazoo (to build the trees and read them node by node): more than the
+# default two minutes on a busy machine.
+pytestmark = [pytest.mark.integration, pytest.mark.zookeeper, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +48,26 @@ def tree(raw: KazooClient) -> Iterator[str]:
     for i in range(2000):
         parents = [f"s{i % 7}", f"g{i % 13}", f"h{i % 5}"][: 1 + i % 3]
         paths.append("/".join([*parents, f"k{i}"]))
-    for parent in sorted({p.rsplit("/", 1)[0] for p in paths}):
-        raw.ensure_path(f"/{prefix}/t/{parent}")
-    ops = [raw.create_async(f"/{prefix}/t/{p}", f"v{i}".encode()) for i, p in enumerate(paths)]
-    for op in ops:
-        op.get(timeout=120)
+    create_levels(raw, f"/{prefix}/t", paths, [f"v{i}".encode() for i in range(len(paths))])
     yield prefix
     if raw.exists(f"/{prefix}"):
         raw.delete(f"/{prefix}", recursive=True)
+
+
+def create_levels(raw: KazooClient, root: str, paths: list[str], values: list[bytes]) -> None:
+    """Create ``root``, the directories of ``paths`` (empty values) and then ``paths``, a
+    level at a time with every create of a level in flight at once."""
+    raw.ensure_path(root)
+    parents: set[str] = set()
+    for path in paths:
+        parts = path.split("/")[:-1]
+        parents.update("/".join(parts[:n]) for n in range(1, len(parts) + 1))
+    for depth in sorted({p.count("/") for p in parents}):
+        level = sorted(p for p in parents if p.count("/") == depth)
+        for op in [raw.create_async(f"{root}/{p}", b"") for p in level]:
+            op.get(timeout=120)
+    for op in [raw.create_async(f"{root}/{p}", v) for p, v in zip(paths, values, strict=True)]:
+        op.get(timeout=120)
 
 
 def node_by_node(raw: KazooClient, root: str) -> dict[str, tuple[bytes, int]]:
@@ -100,11 +114,7 @@ def test_list_of_a_nested_tree_equals_reading_it_node_by_node(
 def test_delete_tree_removes_a_nested_tree(zk_url: str, raw: KazooClient) -> None:
     prefix = f"pykv-scale-{uuid.uuid4().hex[:8]}"
     paths = [f"d/s{i % 5}/g{i % 11}/k{i}" for i in range(1500)]
-    for parent in sorted({p.rsplit("/", 1)[0] for p in paths}):
-        raw.ensure_path(f"/{prefix}/{parent}")
-    ops = [raw.create_async(f"/{prefix}/{p}", b"v") for p in paths]
-    for op in ops:
-        op.get(timeout=120)
+    create_levels(raw, f"/{prefix}", paths, [b"v"] * len(paths))
     try:
         with pykv.open_store(zk_url, prefix=prefix, timeout=120) as store:
             store.put("kept", b"1")
