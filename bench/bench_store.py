@@ -134,14 +134,103 @@ def compare_sqlite(
     url: str, count: int, rounds: int = ROUNDS
 ) -> dict[str, tuple[float, float, float]]:
     """pykv against raw sqlite3 in interleaved rounds (see ``paired``). Per operation: median
-    pykv ops/s, median raw ops/s, median of the per-round ratios pykv/raw."""
+    pykv ops/s, median raw ops/s, median of the per-round ratios pykv/raw; and, as
+    "NAME cpu", the CPU per operation raw/pykv (1.0: pykv costs no more CPU)."""
     path = url[len("sqlite:///") :]
     conn, raw = raw_sqlite_ops(path + ".raw")
     with pykv.open_store(url, prefix=f"bench-{uuid.uuid4().hex[:8]}") as store:
         ours = pykv_ops(store)
         out = {name: paired(ours[name], raw[name], count, rounds) for name in raw}
+        for name in ("put", "get"):
+            ratio = cpu_ratio(ours[name], raw[name], count, rounds)
+            out[f"{name} cpu"] = (float("nan"), float("nan"), ratio)
         store.delete_tree("")
     conn.close()
+    return out
+
+
+def cpu_ratio(
+    mine: Callable[[int], object], theirs: Callable[[int], object], count: int, rounds: int
+) -> float:
+    """The median over interleaved rounds of CPU per call, theirs/mine (1.0: as cheap)."""
+    ratios = []
+    for r in range(rounds):
+        spent = {}
+        for side, fn in ((1, theirs), (0, mine)) if r % 2 else ((0, mine), (1, theirs)):
+            start = time.process_time()
+            for i in range(count):
+                fn(i)
+            spent[side] = time.process_time() - start
+        ratios.append(spent[1] / spent[0])
+    return median(ratios)
+
+
+THREADS = 8
+
+
+def compare_threads(url: str, count: int, rounds: int = 5) -> dict[str, tuple[float, float]]:
+    """8 threads doing put (or get) at once, pykv against raw sqlite3 with a connection per
+    thread (sqlite3's default: a connection stays in its thread), alternating which goes first.
+    Per operation: median pykv ops/s, median raw ops/s."""
+    import threading
+
+    path = url[len("sqlite:///") :] + ".raw8"
+    local = threading.local()
+    value = b"x" * 100
+
+    def raw_conn() -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+        if conn is None:
+            conn = local.conn = sqlite3.connect(path, isolation_level=None, timeout=10)
+            conn.execute("PRAGMA synchronous = normal")
+        return conn
+
+    setup, _ = raw_sqlite_ops(path)
+    for i in range(100):
+        setup.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, 0)", (f"k{i}", value))
+    raw: dict[str, Callable[[int], object]] = {
+        "put": lambda i: raw_conn().execute(
+            "INSERT INTO kv VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+            "value = excluded.value, revision = excluded.revision",
+            (f"k{i % 100}", value, i),
+        ),
+        "get": lambda i: (
+            raw_conn()
+            .execute("SELECT value, revision FROM kv WHERE key = ?", (f"k{i % 100}",))
+            .fetchone()
+        ),
+    }
+
+    def threaded(fn: Callable[[int], object]) -> float:
+        per = max(1, count // THREADS)
+        workers = [
+            threading.Thread(target=lambda: [fn(i) for i in range(per)]) for _ in range(THREADS)
+        ]
+        start = time.perf_counter()
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        return per * THREADS / (time.perf_counter() - start)
+
+    out = {}
+    with pykv.open_store(url, prefix=f"bench-{uuid.uuid4().hex[:8]}") as store:
+        ours = pykv_ops(store)
+        for i in range(100):
+            store.put(f"k{i}", value)
+        for name in ("put", "get"):
+            a: list[float] = []
+            b: list[float] = []
+            for r in range(rounds):
+                if r % 2:
+                    b.append(threaded(raw[name]))
+                    a.append(threaded(ours[name]))
+                else:
+                    a.append(threaded(ours[name]))
+                    b.append(threaded(raw[name]))
+            out[name] = (median(a), median(b))
+        store.delete_tree("")
+    setup.close()
     return out
 
 
@@ -154,10 +243,17 @@ def report(url: str, count: int) -> str:
     ours = bench_pykv(url, count)
     if url.startswith("sqlite:///"):
         for name, (o, r, ratio) in compare_sqlite(url, count).items():
+            if name.endswith(" cpu"):
+                table.add(Row(f"{name[:-4]}: CPU per op, raw/pykv", ratio_value=ratio,
+                              note=f"medians of {ROUNDS} interleaved rounds"))  # fmt: skip
+                continue
             table.add(
                 Row(name, o, r, ratio_value=ratio,
                     note=f"medians of {ROUNDS} interleaved rounds")
             )  # fmt: skip
+        for name, (o, r) in compare_threads(url, count).items():
+            table.add(Row(f"{name}, {THREADS} threads", o, r,
+                          note="raw: a connection per thread"))  # fmt: skip
     else:
         for name in ("put", "get", "atomic_put"):
             table.add(Row(name, ours.get(name)))

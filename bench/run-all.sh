@@ -2,9 +2,13 @@
 # Run every store benchmark against servers started here, then plot the results for the docs:
 #
 #   bash bench/run-all.sh [OUT_DIR]        (default docs/results; as root)
-#   bash bench/run-all.sh --only consul [OUT_DIR]   (one backend's server and benchmark:
-#                                         consul, etcd (v3 and v2) or zookeeper; no plots,
-#                                         its table appended to OUT_DIR/bench.jsonl)
+#   bash bench/run-all.sh --only NAME [OUT_DIR]
+#
+# --only NAME runs one part, appends its tables to OUT_DIR/bench.jsonl and draws no plots:
+# consul, etcd (v3 and v2) or zookeeper (that server and its benchmark), store (the embedded
+# stores), scale (minutes: the ZooKeeper 50,000-key listing and the etcd v2 TTL keepalive of
+# bench/bench_scale.py) or treewatch (minutes: bench/bench_treewatch.py, what one change
+# costs an open watch_tree of 1,000 to 50,000 keys, on every store).
 #
 # The servers are processes in a private network namespace (`unshare -n`, its own loopback),
 # so their fixed ports cannot collide with anything else on the machine, and no traffic leaves
@@ -16,12 +20,16 @@ shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 only=
 if [[ ${1:-} == --only ]]; then
-  only=${2:?--only needs consul, etcd or zookeeper}
-  [[ $only =~ ^(consul|etcd|zookeeper)$ ]] || { echo "run-all.sh: unknown --only $only" >&2; exit 2; }
+  only=${2:?--only needs consul, etcd, zookeeper, store, scale or treewatch}
+  [[ $only =~ ^(consul|etcd|zookeeper|store|scale|treewatch)$ ]] ||
+    { echo "run-all.sh: unknown --only $only" >&2; exit 2; }
   shift 2
 fi
 out=$(realpath -m "${1:-docs/results}")
-wants() { [[ -z $only || $only == "$1" ]]; }
+wants() { # wants SERVER: whether this run needs that server
+  [[ -z $only || $only == "$1" || $only == treewatch ||
+     ($only == scale && ($1 == etcd || $1 == zookeeper)) ]]
+}
 
 if [[ -z ${PYKV_BENCH_NETNS:-} ]]; then
   exec unshare -n env PYKV_BENCH_NETNS=1 bash "$0" ${only:+--only "$only"} "$out"
@@ -88,12 +96,24 @@ mkdir -p "$out"
 export PYKV_BENCH_JSON=$out/bench.jsonl
 [[ -n $only ]] || rm -f "$PYKV_BENCH_JSON"
 run() { echo "+ $*" >&2; uv run --no-sync python "$@"; echo; }
-[[ -n $only ]] || run bench/bench_store.py
-if wants etcd; then
+case $only in
+  scale)
+    run bench/bench_scale.py zk zk://127.0.0.1:2181
+    run bench/bench_scale.py etcd2 etcd2://127.0.0.1:2379
+    exit 0 ;;
+  treewatch)
+    for url in sqlite:///"$work"/tree.db etcd://127.0.0.1:2379 etcd2://127.0.0.1:2379 \
+        consul://127.0.0.1:8500 zk://127.0.0.1:2181; do
+      run bench/bench_treewatch.py "$url"
+    done
+    exit 0 ;;
+esac
+[[ -z $only || $only == store ]] && run bench/bench_store.py
+if [[ $only != store ]] && wants etcd; then
     run bench/bench_etcd.py etcd://127.0.0.1:2379
     run bench/bench_etcd2.py etcd2://127.0.0.1:2379
 fi
-wants consul && run bench/bench_consul.py consul://127.0.0.1:8500
-wants zookeeper && run bench/bench_zookeeper.py zk://127.0.0.1:2181
+[[ $only != store ]] && wants consul && run bench/bench_consul.py consul://127.0.0.1:8500
+[[ $only != store ]] && wants zookeeper && run bench/bench_zookeeper.py zk://127.0.0.1:2181
 [[ -n $only ]] && exit 0
 uv run --no-sync python bench/plot.py "$PYKV_BENCH_JSON" "$out" >&2

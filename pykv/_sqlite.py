@@ -46,6 +46,7 @@ Layout (schema 2)
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -85,6 +86,9 @@ PURGE_INTERVAL = 60.0
 WATCHER_TTL = 60.0
 #: A store whose watches are all closed stops its registration after this many seconds.
 IDLE_UNREGISTER = 5.0
+#: At most this many extra connections serve get() from concurrent threads (WAL readers never
+#: block each other or the writer); more threads than that share the main connection.
+MAX_READERS = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pykv_kv (
@@ -213,6 +217,14 @@ class SQLiteStore(Store):
         self._last_revision = 0
         self._mutex = threading.RLock()
         self._conn = self._connect(create=True)
+        # One cursor for put (under the mutex): no cursor object per call. Its statements run
+        # to completion (an upsert, a key lookup), so none stays open.
+        self._cursor = self._conn.cursor()
+        # get() reads on a pool of reader connections (one cursor each), so threads read in
+        # parallel and never wait for a write transaction; each get is its own read
+        # transaction, which sees every commit made before it started.
+        self._readers: collections.deque[sqlite3.Cursor] = collections.deque()
+        self._reader_count = 0
         self._next_sweep = 0.0
         self._next_purge = time.monotonic() + PURGE_INTERVAL
         # watches: one dispatcher thread per store, started with the first watch
@@ -374,13 +386,42 @@ class SQLiteStore(Store):
 
     def _get(self, key: str) -> KVPair:
         try:  # not a context manager: this is the hottest path
-            with self._mutex:
-                row = self._conn.execute(_GET, (self._head + key, time.time())).fetchone()
+            cursor: sqlite3.Cursor | None
+            try:
+                cursor = self._readers.pop()  # atomic: no lock needed
+            except IndexError:
+                cursor = self._new_reader()
+            if cursor is None:  # as many readers as allowed are busy: the main connection
+                with self._mutex:
+                    row = self._cursor.execute(_GET, (self._head + key, time.time())).fetchone()
+            else:
+                try:
+                    row = cursor.execute(_GET, (self._head + key, time.time())).fetchone()
+                finally:
+                    if self._closed:
+                        cursor.connection.close()
+                    else:
+                        self._readers.append(cursor)
         except sqlite3.Error as exc:
             raise_mapped(self, exc, "get", key)
         if row is None:
             raise KeyNotFoundError(f"{key!r} not found in {self}")
         return new_pair(key, row[0], row[1])
+
+    def _new_reader(self) -> sqlite3.Cursor | None:
+        """A cursor on a new reader connection for :meth:`_get`, or None at the limit."""
+        with self._mutex:
+            if self._reader_count >= MAX_READERS or self._closed:
+                return None
+            self._reader_count += 1
+        try:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only = 1")  # a reader never writes
+        except BaseException:
+            with self._mutex:
+                self._reader_count -= 1
+            raise
+        return conn.cursor()
 
     def _exists(self, key: str) -> bool:
         with self._mutex, self._errors(f"exists {key!r}"):
@@ -396,16 +437,21 @@ class SQLiteStore(Store):
         return self._id, ttl, time.time() + ttl
 
     def _put(self, key: str, value: bytes, ttl: float | None) -> None:
-        self._maybe_sweep()
-        owner, ttl_, expires = self._owner_fields(ttl)
+        # The hottest write path: _maybe_sweep's test, _owner_fields and _revision inlined.
+        if time.monotonic() >= self._next_sweep:
+            self._maybe_sweep()
+        owner, ttl_, expires = (None, None, None) if ttl is None else self._owner_fields(ttl)
         try:
             with self._mutex:
-                self._conn.execute(
-                    _PUT, (self._head + key, value, self._revision(), owner, ttl_, expires)
-                )
+                rev = time.time_ns() // 1000
+                if rev <= self._last_revision:
+                    rev = self._last_revision + 1
+                self._last_revision = rev
+                self._cursor.execute(_PUT, (self._head + key, value, rev, owner, ttl_, expires))
         except sqlite3.Error as exc:
             raise_mapped(self, exc, "put", key)
-        self._notify()
+        if self._dispatcher is not None:  # self._notify(), inlined
+            self._wake.set()
 
     def _notify(self) -> None:
         """Wake this store's watch dispatcher after a write of its own."""
@@ -758,6 +804,8 @@ class SQLiteStore(Store):
             self._hub.close_all()
             with self._mutex:
                 self._conn.close()
+            while self._readers:  # readers in use close themselves (see _get)
+                self._readers.pop().connection.close()
             if self._dispatch_conn is not None:
                 if self._registered:
                     with contextlib.suppress(PyKVError):  # else it expires by itself

@@ -12,7 +12,9 @@ Options
     ``timeout`` (seconds, default 10) bounds every call, failover included; ``prefix`` (or the
     URL path); ``username``/``password`` (or the URL's user info): HTTP basic auth of etcd's v2
     auth; ``tls``, ``ca``, ``cert``, ``key``, ``verify`` for HTTPS with a CA bundle and a client
-    certificate.
+    certificate; ``max_refresh_rate`` (default 1000): the refresh writes per second this store's
+    TTL keys may need (each takes 3/TTL); a put with a TTL beyond it raises
+    :class:`~pykv.InvalidArgumentError` naming the limit.
 
 Capabilities
     Everything: kv, atomic, ttl, watch, watch_tree, lock, shared, persistent.
@@ -61,8 +63,9 @@ Revisions
 
 TTL keys and locks
     ``put(..., ttl=T)`` writes the node with ``ttl=ceil(T)``; one thread per store refreshes
-    it every T/3 seconds with ``refresh=true&prevIndex=<last index>``, so a key rewritten by
-    someone else is never extended by this store. A lock creates its bookkeeping node with
+    it every T/3 seconds (keys due together over a pool of four connections) with
+    ``refresh=true&prevIndex=<last index>``, so a key rewritten by someone else is never
+    extended by this store. A lock creates its bookkeeping node with
     ``prevExist=false`` and a TTL; its ``createdIndex`` (etcd's global index) is the fencing
     token. The lock's value is a TTL key at the lock's own key. Waiters watch the bookkeeping
     node (``wait=true&waitIndex=``) instead of polling. ``lost`` is set when a refresh finds
@@ -98,10 +101,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import concurrent.futures
 import contextlib
 import json
 import logging
 import math
+import random
 import threading
 import time
 import uuid
@@ -121,7 +126,9 @@ from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 
 from pykv import (
     Capability,
+    ConfigurationError,
     Host,
+    InvalidArgumentError,
     KeyExistsError,
     KeyModifiedError,
     KeyNotFoundError,
@@ -153,6 +160,10 @@ VALUE_LEAF = "%value"
 LOCK_DIR = "/_pykv_locks"
 #: How long a compare-and-swap waits to learn whether a TTL refresh was the only change.
 REFRESH_PROBE = 0.25
+#: The keepalive refreshes TTL keys over this many connections at once (v2 has no leases:
+#: one write per key), handing them out in slices so that it checks on locks in between.
+REFRESHERS = 4
+REFRESH_SLICE = 64
 
 # etcd v2 error codes (etcdserver/api/v2error)
 E_NOT_FOUND = 100
@@ -172,6 +183,17 @@ class Etcd2Options(TLSOptions):
 
     username: str | None = None
     password: str | None = None
+    #: Refresh writes per second this store may need to keep its TTL keys alive (each key
+    #: takes 3/TTL of them); a put with a TTL beyond it raises InvalidArgumentError.
+    max_refresh_rate: float = 1000.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (math.isfinite(self.max_refresh_rate) and self.max_refresh_rate > 0):
+            raise ConfigurationError(
+                "option 'max_refresh_rate' must be a positive number of refresh writes per "
+                f"second, not {self.max_refresh_rate!r}"
+            )
 
 
 # -- values and paths -----------------------------------------------------------------------
@@ -289,6 +311,45 @@ class _TTLKey:
     chain: list[int] = field(default_factory=list)
 
 
+class _TTLKeys(dict[str, _TTLKey]):
+    """A store's TTL keys by key, counting them by TTL: the refresh writes per second they
+    need, without a pass over all of them on every put."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_ttl: dict[int, int] = {}
+
+    def refresh_rate(self) -> float:
+        return sum(3 * count / ttl for ttl, count in self.by_ttl.items())
+
+    def _count(self, item: _TTLKey, step: int) -> None:
+        count = self.by_ttl.get(item.ttl, 0) + step
+        if count:
+            self.by_ttl[item.ttl] = count
+        else:
+            del self.by_ttl[item.ttl]
+
+    def __setitem__(self, key: str, item: _TTLKey) -> None:
+        old = self.get(key)
+        if old is not None:
+            self._count(old, -1)
+        super().__setitem__(key, item)
+        self._count(item, 1)
+
+    def __delitem__(self, key: str) -> None:
+        self._count(self[key], -1)
+        super().__delitem__(key)
+
+    def pop(self, key: str, default: Any = None) -> Any:
+        if key in self:
+            self._count(self[key], -1)
+        return super().pop(key, default)
+
+    def clear(self) -> None:
+        super().clear()
+        self.by_ttl.clear()
+
+
 class Etcd2Store(Store):
     """pykv on the etcd v2 API. See the module documentation."""
 
@@ -328,9 +389,11 @@ class Etcd2Store(Store):
         self._last_write = 0  # highest index this store wrote: stale-read detection
         self._mutex = threading.RLock()
         self._stop = threading.Event()
-        self._ttl_keys: dict[str, _TTLKey] = {}
+        self._ttl_keys = _TTLKeys()
         self._locks: set[_Etcd2Lock] = set()
         self._keepalive: threading.Thread | None = None
+        self._refreshers: concurrent.futures.ThreadPoolExecutor | None = None
+        self._late_warned = -60.0
         self._wake = threading.Event()
         self._poller = _Poller(self)
 
@@ -719,12 +782,16 @@ class Etcd2Store(Store):
             return None
         return int(reply.node["modifiedIndex"])
 
-    def _ttl_of(self, ttl: float | None) -> int | None:
-        return None if ttl is None else max(1, math.ceil(ttl))
+    def _ttl_of(self, ttl: float | None, key: str) -> int | None:
+        if ttl is None:
+            return None
+        seconds = max(1, math.ceil(ttl))
+        self._check_refresh_rate(key, seconds)
+        return seconds
 
     def _put(self, key: str, value: bytes, ttl: float | None) -> None:
         text = encode_value(value)
-        node = self._write(key, text, self._ttl_of(ttl), what=f"put {key!r}")
+        node = self._write(key, text, self._ttl_of(ttl, key), what=f"put {key!r}")
         self._track(key, text, ttl, node)
 
     def _atomic_put(
@@ -735,7 +802,7 @@ class Etcd2Store(Store):
         node = self._write(
             key,
             text,
-            self._ttl_of(ttl),
+            self._ttl_of(ttl, key),
             create=previous is None,
             previous=None if previous is None else previous.revision,
             what=what,
@@ -834,11 +901,31 @@ class Etcd2Store(Store):
                 seconds,
                 str(node["key"]),
                 int(node["modifiedIndex"]),
-                time.monotonic() + seconds / 3,
+                # keys written together are refreshed spread over the next tenth of the TTL
+                time.monotonic() + seconds / 3 - random.random() * seconds / 30,  # noqa: S311
                 chain=[int(node["modifiedIndex"])],
             )
             self._ensure_keepalive()
         self._wake.set()
+
+    def _check_refresh_rate(self, key: str, ttl: int) -> None:
+        """Refuse a TTL key the keepalive could not refresh in time: each needs 3/TTL
+        refresh writes per second, and the store's keys together at most
+        ``max_refresh_rate`` (measured sustainable: bench/bench_scale.py)."""
+        limit = self.options.max_refresh_rate
+        with self._mutex:
+            known = self._ttl_keys.get(key)
+            rate = self._ttl_keys.refresh_rate()
+        rate += 3 / ttl - (3 / known.ttl if known is not None else 0)
+        if rate > limit:
+            count = len(self._ttl_keys) + (known is None)
+            raise InvalidArgumentError(
+                f"put {key!r} with ttl={ttl} on {self}: keeping {count} TTL keys alive would "
+                f"take {rate:,.0f} refresh writes per second (etcd v2 has no leases: one write "
+                f"per key every TTL/3), above the limit of {limit:g} (option "
+                "'max_refresh_rate'); use longer TTLs, fewer TTL keys per store, or etcd v3 "
+                "(etcd://), whose leases keep any number of keys alive"
+            )
 
     def _untrack(self, key: str) -> None:
         with self._mutex:
@@ -892,18 +979,43 @@ class Etcd2Store(Store):
                     lock._renew()
                 except Exception:
                     log.exception("%s: renewing the lock %r failed", self, lock.key)
-            for item in due_keys:
+            due_keys.sort(key=lambda t: t.due)
+            late = sum(1 for t in due_keys if now - t.due > t.ttl / 3)
+            if late and now >= self._late_warned + 60:  # 2/3 of their TTL gone: say so
+                self._late_warned = now
+                log.warning(
+                    "%s: the keepalive is falling behind: %d TTL keys were refreshed late "
+                    "(%.0f refresh writes/s needed; lower the option 'max_refresh_rate' to "
+                    "what this machine sustains, see bench/bench_scale.py)",
+                    self,
+                    late,
+                    self._ttl_keys.refresh_rate(),
+                )
+            for start in range(0, len(due_keys), REFRESH_SLICE):
                 cap = self._tell_locks()
                 if self._stop.is_set():
                     return
-                try:
-                    self._refresh_key(item, cap)
-                except PyKVError as exc:
-                    log.warning("%s: keeping the TTL key %r alive failed: %s", self, item.key, exc)
-                    item.due = time.monotonic() + min(item.ttl / 6, 0.5)
-                except Exception:  # the thread must go on keeping the others alive
-                    log.exception("%s: keeping the TTL key %r alive failed", self, item.key)
-                    item.due = time.monotonic() + min(item.ttl / 6, 0.5)
+                work = due_keys[start : start + REFRESH_SLICE]
+                if len(work) == 1:
+                    self._refresh_safely(work[0], cap)
+                    continue
+                if self._refreshers is None:
+                    self._refreshers = concurrent.futures.ThreadPoolExecutor(
+                        REFRESHERS, thread_name_prefix=f"pykv-etcd2-refresh {self}"
+                    )
+                # _refresh_safely never raises; every call ends by cap
+                list(self._refreshers.map(lambda t, c=cap: self._refresh_safely(t, c), work))
+
+    def _refresh_safely(self, item: _TTLKey, deadline: float | None) -> None:
+        """Refresh one TTL key; a failure is logged and the key retried soon."""
+        try:
+            self._refresh_key(item, deadline)
+        except PyKVError as exc:
+            log.warning("%s: keeping the TTL key %r alive failed: %s", self, item.key, exc)
+            item.due = time.monotonic() + min(item.ttl / 6, 0.5)
+        except Exception:  # the keepalive must go on keeping the others alive
+            log.exception("%s: keeping the TTL key %r alive failed", self, item.key)
+            item.due = time.monotonic() + min(item.ttl / 6, 0.5)
 
     def _refresh(
         self, path: str, index: int, ttl: int, what: str, deadline: float | None = None
@@ -1127,6 +1239,8 @@ class Etcd2Store(Store):
             if self._keepalive is not None and self._keepalive is not threading.current_thread():
                 self._keepalive.join(timeout=max(0.0, deadline - time.monotonic()))
             self._poller.stop(deadline)
+            if self._refreshers is not None:  # idle once the keepalive thread ended
+                self._refreshers.shutdown(wait=False)
             self._http.clear()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import math
@@ -15,6 +16,7 @@ from typing import Any, ClassVar, TypeVar
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import (
+    EXCEPTIONS,
     AuthFailedError,
     BadVersionError,
     ConnectionLoss,
@@ -27,10 +29,21 @@ from kazoo.exceptions import (
     NotEmptyError,
     RolledBackError,
     SessionExpiredError,
+    UnimplementedError,
 )
 from kazoo.handlers.threading import KazooTimeoutError, SequentialThreadingHandler
-from kazoo.protocol.serialization import Create2
-from kazoo.protocol.states import EventType, KazooState, KeeperState
+from kazoo.protocol.serialization import (
+    Create2,
+    GetChildren,
+    GetData,
+    int_struct,
+    multiheader_struct,
+    read_buffer,
+    read_string,
+    stat_struct,
+    write_string,
+)
+from kazoo.protocol.states import EventType, KazooState, KeeperState, ZnodeStat
 from kazoo.retry import KazooRetry
 from kazoo.security import CREATOR_ALL_ACL, OPEN_ACL_UNSAFE
 
@@ -71,6 +84,17 @@ _JOIN_TIMEOUT = 5.0
 _MAIN_SESSION_TIMEOUT = 10.0
 #: How often the session worker retries a cleanup that failed (a lock node to delete).
 _CLEANUP_INTERVAL = 0.5
+#: Recursive reads (list, delete_tree, since checks) batch this many nodes per multiRead
+#: request (ZooKeeper 3.6+), with this many requests in flight; a level of a walk with fewer
+#: nodes than _BATCH_FROM, or a server without multiRead, gets one pipelined request per
+#: node, at most _IN_FLIGHT at once (kazoo's cost per request, not the round trip, then
+#: bounds a walk: about 12 s for 50,000 nodes, against under 2 s batched).
+_BATCH = 256
+_WINDOW = 8
+_BATCH_FROM = 32
+_IN_FLIGHT = 256
+#: delete_tree deletes this many nodes per multi request (ZooKeeper 3.4+).
+_DELETE_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -107,6 +131,65 @@ class _Handler(SequentialThreadingHandler):  # type: ignore[misc]
 
 class _CreateContainer(Create2):  # type: ignore[misc]
     type = 19  # ZooKeeper's OpCode.createContainer (flags 4 = CONTAINER)
+
+
+class _MultiRead:
+    """A kazoo request for ZooKeeper's multiRead (opcode 22, ZooKeeper 3.6+): getData or
+    getChildren of many paths in one round trip, without watches. Its result has one entry per
+    operation: ``(data, stat)``, a list of child names, or the KazooException of that one."""
+
+    type = 22
+    watcher = None  # kazoo registers no watch for it
+
+    def __init__(self, ops: list[tuple[int, str]]) -> None:
+        self.ops = ops
+
+    def __repr__(self) -> str:
+        return f"MultiRead({len(self.ops)} operations)"
+
+    def serialize(self) -> bytearray:
+        out = bytearray()
+        for kind, path in self.ops:
+            out += multiheader_struct.pack(kind, False, -1)
+            out += write_string(path)
+            out.append(0)  # no watch
+        out += multiheader_struct.pack(-1, True, -1)
+        return out
+
+    def deserialize(self, buf: bytes, offset: int) -> list[Any]:
+        results: list[Any] = []
+        while True:
+            kind, done, _ = multiheader_struct.unpack_from(buf, offset)
+            offset += multiheader_struct.size
+            if done:
+                return results
+            if kind == GetData.type:
+                data, offset = read_buffer(buf, offset)
+                stat = ZnodeStat._make(stat_struct.unpack_from(buf, offset))
+                offset += stat_struct.size
+                results.append((data, stat))
+            elif kind == GetChildren.type:
+                count = int_struct.unpack_from(buf, offset)[0]
+                offset += int_struct.size
+                names = []
+                for _ in range(max(0, count)):
+                    name, offset = read_string(buf, offset)
+                    names.append(name)
+                results.append(names)
+            elif kind == -1:
+                code = int_struct.unpack_from(buf, offset)[0]
+                offset += int_struct.size
+                results.append(EXCEPTIONS[code]())
+            else:
+                raise ValueError(f"unexpected result type {kind} in a multiRead response")
+
+
+def _stop_quietly(client: KazooClient) -> None:
+    try:
+        client.stop()
+        client.close()
+    except Exception:
+        log.debug("error while stopping a probe client", exc_info=True)
 
 
 def _is_ephemeral(stat: Any) -> bool:
@@ -338,6 +421,8 @@ class ZooKeeperStore(Store):
                 "check_hostname": options.verify,
             }
         self._mutex = threading.Lock()
+        self._multi_read: bool | None = None  # see _has_multi_read
+        self._probe_after = 0.0
         # this store's TTL keys, re-created after their session expired
         self._ephemeral: dict[str, _Tracked] = {}
         self._watchers: set[_Watcher] = set()
@@ -766,32 +851,116 @@ class ZooKeeperStore(Store):
             parent = parent.rsplit("/", 1)[0]
 
     def _walk(self, base: str, deadline: float) -> list[tuple[str, bytes | None, Any]]:
-        """Every node strictly below ``base``: (path, data, stat), level by level, pipelined."""
+        """Every node strictly below ``base``: (path, data, stat), level by level, each level
+        read in batched, pipelined requests (see :meth:`_read_many`)."""
         out: list[tuple[str, bytes | None, Any]] = []
         parents = [base]
         while parents:
-            listings = [(p, self._client.get_children_async(p)) for p in parents]
             children: list[str] = []
-            for parent, op in listings:
-                try:
-                    names = self._wait(op, deadline)
-                except NoNodeError:
+            for parent, names in self._read_many(GetChildren.type, parents, deadline):
+                if names is None:
                     continue
-                if parent == "/":
-                    names = [n for n in names if n not in _HIDDEN_TOP]
+                hidden = _HIDDEN_TOP if parent == "/" else ()
                 prefix = parent.rstrip("/")
-                children.extend(f"{prefix}/{n}" for n in names)
-            reads = [(c, self._client.get_async(c)) for c in children]
+                children.extend(f"{prefix}/{n}" for n in names if n not in hidden)
             parents = []
-            for child, op in reads:
-                try:
-                    data, stat = self._wait(op, deadline)
-                except NoNodeError:
+            for child, found in self._read_many(GetData.type, children, deadline):
+                if found is None:
                     continue
+                data, stat = found
                 out.append((child, data, stat))
                 if stat.numChildren:
                     parents.append(child)
         return out
+
+    def _read_many(self, kind: int, paths: list[str], deadline: float) -> Iterator[tuple[str, Any]]:
+        """getData (``(data, stat)``) or getChildren (names) of every path, in order; None
+        for a path that is gone. Many requests are in flight at once, never more than a
+        window's worth, and every wait ends at ``deadline``."""
+        if len(paths) >= _BATCH_FROM and self._has_multi_read():
+            batches = [paths[i : i + _BATCH] for i in range(0, len(paths), _BATCH)]
+            pending: collections.deque[tuple[list[str], Any]] = collections.deque()
+            for batch in batches:
+                if len(pending) >= _WINDOW:
+                    yield from self._batch_results(kind, *pending.popleft(), deadline)
+                pending.append((batch, self._submit(_MultiRead([(kind, p) for p in batch]))))
+            while pending:
+                yield from self._batch_results(kind, *pending.popleft(), deadline)
+            return
+        call = self._client.get_async if kind == GetData.type else self._client.get_children_async
+        ops: collections.deque[tuple[str, Any]] = collections.deque()
+        for path in paths:
+            if len(ops) >= _IN_FLIGHT:
+                yield self._one_result(*ops.popleft(), deadline)
+            ops.append((path, call(path)))
+        while ops:
+            yield self._one_result(*ops.popleft(), deadline)
+
+    def _one_result(self, path: str, op: Any, deadline: float) -> tuple[str, Any]:
+        try:
+            return path, self._wait(op, deadline)
+        except NoNodeError:
+            return path, None
+
+    def _batch_results(
+        self, kind: int, paths: list[str], op: Any, deadline: float
+    ) -> Iterator[tuple[str, Any]]:
+        results = self._wait(op, deadline)
+        if len(results) != len(paths):
+            raise UnavailableError(
+                f"{self}: a multiRead of {len(paths)} nodes answered {len(results)} results"
+            )
+        for path, result in zip(paths, results, strict=True):
+            if isinstance(result, NoNodeError):
+                yield path, None
+            elif isinstance(result, Exception):
+                raise result
+            else:
+                yield path, result
+
+    def _submit(self, request: Any) -> Any:
+        """Send a request kazoo has no method for; its async result."""
+        result = self._client.handler.async_result()
+        self._client._call(request, result)
+        return result
+
+    def _has_multi_read(self) -> bool:
+        """Whether the servers answer multiRead (ZooKeeper 3.6+), asked once per store. A
+        server without it closes the session that sends it, so a throwaway session asks; when
+        it cannot ask, walks go node by node and it asks again a minute later."""
+        if self._multi_read is None and time.monotonic() >= self._probe_after:
+            self._multi_read = self._probe_multi_read()
+            if self._multi_read is None:
+                self._probe_after = time.monotonic() + 60.0
+        return bool(self._multi_read)
+
+    def _probe_multi_read(self) -> bool | None:
+        # short waits: the probe spends the time of the call that needs the answer
+        wait = min(self.timeout / 4, 2.0)
+        probe = KazooClient(
+            hosts=self._hosts,
+            timeout=_MAIN_SESSION_TIMEOUT,
+            auth_data=self._auth,
+            connection_retry=KazooRetry(max_tries=0),
+            logger=logging.getLogger("pykv.zookeeper.kazoo"),
+            handler=_Handler(),
+            **self._tls,
+        )
+        supported: bool | None
+        try:
+            probe.start(timeout=wait)
+            result = probe.handler.async_result()
+            probe._call(_MultiRead([(GetData.type, "/")]), result)
+            answer = result.get(timeout=wait)
+            supported = isinstance(answer, list) and len(answer) == 1
+        except (UnimplementedError, ConnectionLoss, SessionExpiredError) as exc:
+            log.info("%s: no multiRead (%s); recursive reads go node by node", self, exc)
+            supported = False  # the server refused it and dropped the probe's session
+        except Exception as exc:  # noqa: BLE001  (no answer: node by node for now)
+            log.info("%s: could not ask for multiRead (%r); node by node for now", self, exc)
+            supported = None
+        threading.Thread(target=_stop_quietly, args=(probe,), daemon=True).start()
+        return supported
 
     def _list(self, prefix: str) -> list[KVPair]:
         base = self._abs(prefix)
@@ -815,15 +984,9 @@ class ZooKeeperStore(Store):
                 by_depth.setdefault(node.count("/"), []).append(node)
             busy = False
             for depth in sorted(by_depth, reverse=True):
-                ops = [(n, self._client.delete_async(n)) for n in by_depth[depth]]
-                for node, op in ops:
+                for node in by_depth[depth]:
                     self._track(node, None)
-                    try:
-                        self._wait(op, deadline)
-                    except NoNodeError:
-                        pass
-                    except NotEmptyError:
-                        busy = True  # written to concurrently: walk again
+                busy = self._delete_many(by_depth[depth], deadline) or busy
             if not busy:
                 break
         with self._mutex:
@@ -836,6 +999,46 @@ class ZooKeeperStore(Store):
             if found is not None and found[0] is None and not found[1].numChildren:
                 with contextlib.suppress(NotEmptyError, BadVersionError, NoNodeError):
                     self._wait(self._client.delete_async(base, found[1].version), deadline)
+
+    def _delete_many(self, nodes: list[str], deadline: float) -> bool:
+        """Delete ``nodes`` (leaves by then), _DELETE_BATCH per multi request, _WINDOW
+        requests in flight; a batch that fails as a whole (a node already gone, or given a
+        child concurrently) is done node by node. Returns whether a node had a child."""
+        busy = False
+        pending: collections.deque[tuple[list[str], Any]] = collections.deque()
+
+        def settle(batch: list[str], op: Any) -> bool:
+            results = self._wait(op, deadline)
+            if not any(isinstance(r, Exception) for r in results):
+                return False
+            return self._delete_each(batch, deadline)
+
+        for start in range(0, len(nodes), _DELETE_BATCH):
+            batch = nodes[start : start + _DELETE_BATCH]
+            if len(pending) >= _WINDOW:
+                busy = settle(*pending.popleft()) or busy
+            if len(batch) == 1:
+                busy = self._delete_each(batch, deadline) or busy
+                continue
+            transaction = self._client.transaction()
+            for node in batch:
+                transaction.delete(node)
+            pending.append((batch, transaction.commit_async()))
+        while pending:
+            busy = settle(*pending.popleft()) or busy
+        return busy
+
+    def _delete_each(self, nodes: list[str], deadline: float) -> bool:
+        busy = False
+        ops = [(n, self._client.delete_async(n)) for n in nodes]
+        for _, op in ops:
+            try:
+                self._wait(op, deadline)
+            except NoNodeError:
+                pass
+            except NotEmptyError:
+                busy = True  # written to concurrently: walk again
+        return busy
 
     def _atomic_put(
         self, key: str, value: bytes, previous: KVPair | None, ttl: float | None
