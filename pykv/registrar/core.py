@@ -1,6 +1,6 @@
 """The registrar: Docker events in, store writes out, never losing track.
 
-:class:`Registrar` wires four parts and runs their threads:
+:class:`Registrar` wires the parts and runs their threads:
 
 * :class:`.source.DockerSource` (thread ``engine``) follows the engine: on each (re)connection
   it asks for a reconciliation, and it hands every relevant event's container to the workers.
@@ -9,13 +9,14 @@
   its entries (:func:`.desired.decide`, :mod:`.model`), put them in the
   :class:`.desired.DesiredTable`, and have the :class:`.publisher.Publisher` write the
   difference.
-* ``reconciler``: on (re)connect, on ``--resync``, after a thread restart and after the store
-  comes back: queues a sync of every running or known container through the workers (so a
-  sync never overtakes an event), waits for them, then has the publisher diff this node's
-  entries in the store against the desired ones. One TTL after the store came back it diffs
-  the store once more (an entry written under a dying session or lease may vanish).
-* ``ticker``: pings Docker (a silent dead stream is closed and reconnected), requests the
-  periodic resync, and passes Consul catalog TTL checks.
+* ``reconciler`` (:class:`.reconciler.Reconciler`): on (re)connect, on ``--resync``, after a
+  thread restart and after the store comes back: queues a sync of every running or known
+  container through the workers (so a sync never overtakes an event), waits for them, then has
+  the publisher diff this node's entries in the store against the desired ones. One TTL after
+  the store came back it diffs the store once more (an entry written under a dying session or
+  lease may vanish).
+* ``ticker`` (the same class): pings Docker (a silent dead stream is closed and reconnected),
+  requests the periodic resync, and passes Consul catalog TTL checks.
 
 Every thread runs supervised (:class:`.threads.Supervisor`): an unexpected exception is logged
 with its traceback, counted, shown by ``/healthz`` (503 while the thread is down), and the
@@ -30,20 +31,19 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
-from .._errors import PyKVError
 from .._store import Store
 from ..discovery import Endpoint
-from .desired import Decision, DesiredTable, by_container, catalog_checks, decide, keeps_entries
+from .desired import Decision, DesiredTable, catalog_checks, decide
 from .model import container_state
 from .observe import Metrics
 from .publisher import Publisher
+from .reconciler import Reconciler
 from .settings import Settings
 from .source import ENGINE_ERRORS, DockerSource, default_host_ip
-from .threads import Supervisor, WorkerPool, backoff_seconds, exponential_backoff
+from .threads import Supervisor, WorkerPool, exponential_backoff
 
 __all__ = ["Registrar", "default_host_ip", "exponential_backoff"]
 
@@ -72,10 +72,6 @@ class Registrar:
         self.store = store
         self.metrics = metrics or Metrics()
         self._stop = threading.Event()
-        self._ready = threading.Event()  # first reconciliation done
-        self._reconcile_wanted = threading.Event()
-        self._docker_reconcile = False
-        self._verify_at = 0.0  # when to check the store once more after it came back
         self._table = DesiredTable()
         self._source = DockerSource(
             settings, self.metrics, self._stop,
@@ -83,9 +79,14 @@ class Registrar:
         )  # fmt: skip
         self._publisher = Publisher(
             settings, store, self._table, self.metrics,
-            node=lambda: self.node, on_store_down=lambda: self._request_reconcile(False),
+            node=lambda: self.node, on_store_down=lambda: self._reconciler.request(False),
         )  # fmt: skip
         self._workers = WorkerPool(settings.workers, self._sync_container, self._stop)
+        self._reconciler = Reconciler(
+            settings, self.metrics, self._stop,
+            source=self._source, workers=self._workers, table=self._table,
+            publisher=self._publisher,
+        )  # fmt: skip
         self._supervisor = Supervisor(
             self._stop, self.metrics, settings.max_backoff, on_restart=self.reconcile
         )
@@ -96,8 +97,8 @@ class Registrar:
         """Start the threads and return at once."""
         loops: list[tuple[str, Callable[[], None]]] = [
             ("engine", self._source.run),
-            ("reconciler", self._reconcile_loop),
-            ("ticker", self._tick_loop),
+            ("reconciler", self._reconciler.run),
+            ("ticker", self._reconciler.tick),
             *self._workers.loops(),
         ]
         for name, target in loops:
@@ -109,7 +110,7 @@ class Registrar:
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """True once connected and the first reconciliation is done."""
-        return self._ready.wait(timeout)
+        return self._reconciler.ready.wait(timeout)
 
     def run(self) -> None:
         """Start and block until :meth:`stop` (e.g. from a SIGTERM handler)."""
@@ -158,7 +159,7 @@ class Registrar:
         }
         if down:
             detail["threads_down"] = down
-        ok = connected and not dirty and self._ready.is_set() and not down
+        ok = connected and not dirty and self._reconciler.ready.is_set() and not down
         return ok, detail
 
     def published(self) -> dict[str, Endpoint]:
@@ -214,102 +215,6 @@ class Registrar:
             extra={"container": name, "container_id": cid},
         )  # fmt: skip
 
-    def _adopt_failed(self, entries: dict[str, str]) -> None:
-        """--deregister on-success after a restart: keep the entries of failed containers."""
-        model = self._source.model
-        if self.settings.deregister != "on-success" or self._source.client is None:
-            return
-        for cid, endpoints in by_container(entries).items():
-            if cid in self._table:
-                continue
-            info = self._source.inspect(cid)
-            if info is None or model is None:
-                continue
-            if keeps_entries(info, model, self.settings.deregister):
-                self._table.adopt(cid, endpoints)
-
-    # -- reconciliation ---------------------------------------------------------------------
-
-    def _request_reconcile(self, docker_too: bool) -> None:
-        if docker_too:
-            self._docker_reconcile = True
-        self._reconcile_wanted.set()
-
     def reconcile(self) -> None:
         """Ask for a full reconciliation now (what ``--resync`` does periodically)."""
-        self._request_reconcile(docker_too=True)
-
-    def _reconcile_loop(self) -> None:
-        first = True
-        failures = 0
-        last_docker = 0.0
-        backoff = exponential_backoff(0.2, self.settings.max_backoff)
-        while not self._stop.is_set():
-            if not self._reconcile_wanted.wait(0.5):
-                continue
-            self._reconcile_wanted.clear()
-            docker_too, self._docker_reconcile = self._docker_reconcile, False
-            if docker_too:
-                # At most one Docker pass a second, however many ask (inspect errors do).
-                self._stop.wait(max(0.0, last_docker + 1.0 - time.monotonic()))
-                last_docker = time.monotonic()
-            try:
-                if self._reconcile_once(docker_too, force=first):
-                    first = False
-                    failures = 0
-            except PyKVError as exc:
-                self._publisher.mark_dirty(exc)
-                failures += 1
-                self._stop.wait(backoff_seconds(backoff, failures))
-                self._request_reconcile(docker_too=docker_too)
-
-    def _reconcile_once(self, docker_too: bool, force: bool) -> bool:
-        """One pass; False when Docker was away (the reconnection asks again). Raises
-        PyKVError when the store fails."""
-        if docker_too and not self._docker_sync():
-            self._docker_reconcile = True  # engine gone: the reconnect asks again
-            return False
-        recovering = self._publisher.dirty
-        self._publisher.sync(force=force or recovering, adopt=self._adopt_failed)
-        ttl = self._publisher.ttl
-        if recovering and ttl is not None:
-            # A TTL key written just as the store came back may still vanish with the
-            # session or lease it was written under: check once that all stayed.
-            self._verify_at = time.monotonic() + ttl + 1.0
-        self.metrics.reconciles.inc()
-        if docker_too:
-            self._ready.set()
-        return True
-
-    def _docker_sync(self) -> bool:
-        """Sync every running or known container through the workers; False if Docker failed."""
-        if self._source.client is None:
-            return False
-        try:
-            running = self._source.running()
-        except ENGINE_ERRORS as exc:
-            self.metrics.errors.labels("docker").inc()
-            log.warning("cannot list containers: %s", exc)
-            return False
-        for cid in sorted(set(running) | self._table.containers()):
-            self._workers.submit(cid)
-        return self._workers.drain(timeout=300)
-
-    def _tick_loop(self) -> None:
-        last_resync = last_ping = last_pass = time.monotonic()
-        ttl = self._publisher.ttl
-        pass_every = self.settings.ttl_refresh or (ttl or 30.0) / 3
-        while not self._stop.wait(0.5):
-            now = time.monotonic()
-            if self.settings.resync > 0 and now - last_resync >= self.settings.resync:
-                last_resync = now
-                self.reconcile()
-            if self._verify_at and now >= self._verify_at:
-                self._verify_at = 0.0
-                self._request_reconcile(docker_too=False)
-            if now - last_ping >= self.settings.ping_interval:
-                last_ping = now
-                self._source.ping()
-            if self._publisher.has_catalog and now - last_pass >= pass_every:
-                last_pass = now
-                self._publisher.pass_catalog_checks()
+        self._reconciler.request(docker_too=True)
