@@ -4,8 +4,10 @@ Runs once per Docker host (as a sidecar container with the Docker socket mounted
 process). It follows the engine's container events and publishes every container endpoint with
 the layout of :mod:`pykv.discovery`, as TTL entries kept alive while it runs, so that the
 endpoints of a dead host or a killed registrar vanish by themselves. See :mod:`.model` for the
-service model (registrator's conventions), :mod:`.core` for how events, reconnects and
-reconciliation work, :mod:`.settings` for the flags and their ``PYKV_REGISTRAR_*`` variables.
+service model (registrator's conventions), :mod:`.desired` for the desired state of a host,
+:mod:`.core` for how events, reconnects and reconciliation work (with :mod:`.source`, the
+Docker side, and :mod:`.publisher`, the store side), :mod:`.settings` for the flags and their
+``PYKV_REGISTRAR_*`` variables.
 
 Needs the ``registrar`` extra: ``pip install 'pykvstore[registrar]'``. The model and the settings
 import without it; :class:`Registrar` is imported on first use, so that a missing extra is

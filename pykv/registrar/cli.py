@@ -32,6 +32,7 @@ from .settings import Settings, parse_metrics_addr, parse_settings
 
 if TYPE_CHECKING:
     from .core import Registrar
+    from .observe import Metrics
 
 __all__ = ["main"]
 
@@ -46,7 +47,7 @@ def _open_store(settings: Settings, stop: threading.Event) -> Store | None:
     """Open the store, retrying while it is unreachable (None: stopped or retries used up)."""
     import tenacity
 
-    from .core import exponential_backoff
+    from .threads import exponential_backoff
 
     attempts = settings.retry_attempts
     wait: Any = (
@@ -83,37 +84,42 @@ def _not_installed(missing: list[str]) -> int:
     return EXIT_NOT_INSTALLED
 
 
+class _Process:
+    """The command's state that the signal handlers and ``/healthz`` look at."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.registrar: Registrar | None = None
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        log.info("received %s; stopping", signal.Signals(signum).name)
+        self.stop.set()
+        if self.registrar is not None:
+            self.registrar.stop()
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        if self.registrar is None:
+            return False, {"store": "opening"}
+        return self.registrar.health()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_settings(argv)  # exits with status 2 on a bad option (and for --help)
     missing = missing_dependencies()
     if missing:
         return _not_installed(missing)
-    from .core import Registrar
     from .observe import Metrics, MetricsServer, setup_logging
 
     setup_logging(settings.log_format, settings.log_level)
-    stop = threading.Event()
-    registrar: Registrar | None = None
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("received %s; stopping", signal.Signals(signum).name)
-        stop.set()
-        if registrar is not None:
-            registrar.stop()
-
-    def health() -> tuple[bool, dict[str, Any]]:
-        if registrar is None:
-            return False, {"store": "opening"}
-        return registrar.health()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    process = _Process()
+    signal.signal(signal.SIGTERM, process.on_signal)
+    signal.signal(signal.SIGINT, process.on_signal)
 
     metrics = Metrics()
     server = None
     if settings.metrics_addr:
         try:
-            server = MetricsServer(settings.metrics_addr, metrics, health)
+            server = MetricsServer(settings.metrics_addr, metrics, process.health)
         except OSError as exc:
             host, port = parse_metrics_addr(settings.metrics_addr)
             log.error("--metrics-addr: cannot listen on %s port %d: %s", host or "*", port, exc)
@@ -121,29 +127,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.start()
         log.info("metrics on http://%s:%d/metrics", *server.address[:2])
     try:
-        try:
-            store = _open_store(settings, stop)
-        except ConfigurationError as exc:
-            log.error("bad store URL: %s", exc)
-            return EXIT_USAGE
-        if store is None:
-            return 0 if stop.is_set() else EXIT_UNAVAILABLE
-        try:
-            registrar = Registrar(settings, store, metrics=metrics)
-        except PyKVError as exc:
-            log.error("%s", exc)
-            store.close()
-            return EXIT_USAGE
-        log.info(
-            "publishing into %s below %r (ttl %s s)",
-            store, settings.prefix, settings.ttl or "none",
-        )  # fmt: skip
-        if stop.is_set():
-            registrar.stop()
-        registrar.run()
+        code, store = _publish(settings, metrics, process)
     finally:
         if server is not None:
             server.close()
+    if store is None:
+        return code
     log.info("stopped")
     if settings.deregister_on_exit or not settings.ttl:
         store.close()
@@ -154,6 +143,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _publish(settings: Settings, metrics: Metrics, process: _Process) -> tuple[int, Store | None]:
+    """Open the store and run the registrar until stopped: (exit status, the store), the store
+    None when the registrar did not run."""
+    from .core import Registrar
+
+    try:
+        store = _open_store(settings, process.stop)
+    except ConfigurationError as exc:
+        log.error("bad store URL: %s", exc)
+        return EXIT_USAGE, None
+    if store is None:
+        return (0 if process.stop.is_set() else EXIT_UNAVAILABLE), None
+    try:
+        registrar = Registrar(settings, store, metrics=metrics)
+    except PyKVError as exc:
+        log.error("%s", exc)
+        store.close()
+        return EXIT_USAGE, None
+    process.registrar = registrar
+    log.info(
+        "publishing into %s below %r (ttl %s s)",
+        store, settings.prefix, settings.ttl or "none",
+    )  # fmt: skip
+    if process.stop.is_set():
+        registrar.stop()
+    registrar.run()
+    return 0, store
 
 
 if __name__ == "__main__":

@@ -317,6 +317,20 @@ def container_endpoints(container: Mapping[str, Any], settings: ModelSettings) -
     return evaluate(container, settings).endpoints
 
 
+@dataclass(frozen=True)
+class _Container:
+    """What every endpoint of one container shares."""
+
+    name: str
+    id: str
+    base_name: str  # the image's base name: the default service name
+    ports: list[_Port]
+    general: dict[str, str]  # SERVICE_<KEY> attributes
+    by_port: dict[int, dict[str, str]]  # SERVICE_<port>_<KEY> attributes
+    internal_ip: str  # with ``internal``: the container's address
+    label_ip: str  # with ``ip_label``: the address in that label
+
+
 def _endpoints(
     container: Mapping[str, Any], settings: ModelSettings, cuts: list[str]
 ) -> list[Endpoint]:
@@ -328,69 +342,94 @@ def _endpoints(
     ports = _ports(container, settings.internal)
     if not ports:
         return []
-    container_name = str(container.get("Name") or "").lstrip("/")
-    container_id = str(container.get("Id") or "")
+    addresses = _addresses(container, settings)
+    if addresses is None:
+        return []
     image = str((container.get("Config") or {}).get("Image") or container.get("Image") or "")
-    base_name = image_base_name(image)
-    internal_ip = label_ip = ""
+    general, by_port = _split_attributes(attrs)
+    c = _Container(
+        name=str(container.get("Name") or "").lstrip("/"),
+        id=str(container.get("Id") or ""),
+        base_name=image_base_name(image),
+        ports=ports,
+        general=general,
+        by_port=by_port,
+        internal_ip=addresses[0],
+        label_ip=addresses[1],
+    )
+    endpoints = (_port_endpoint(c, p, settings, cuts) for p in ports)
+    return [e for e in endpoints if e is not None]
+
+
+def _addresses(container: Mapping[str, Any], settings: ModelSettings) -> tuple[str, str] | None:
+    """(internal address, label address), "" where not used; None: no endpoint at all."""
     if settings.internal:
         internal_ip = _container_ip(container, settings.network)
         if not internal_ip:
             # host network mode (or not on the chosen network): the host's address
             if settings.network and settings.network != "host":
-                return []
+                return None
             internal_ip = settings.ip
-    elif settings.ip_label:
-        label_ip = _label_ip(container, settings.ip_label)
-    general, by_port = _split_attributes(attrs)
-    endpoints = []
-    for p in ports:
-        port_attrs = by_port.get(p.port, {})
-        merged = {**general, **port_attrs}
-        if parse_bool_default(merged.get("IGNORE"), False):
-            continue
-        named = merged.get("NAME", "").strip() != ""
-        if settings.explicit and not named:
-            continue
-        raw_name = merged["NAME"].strip() if named else base_name
-        if len(ports) > 1 and not port_attrs.get("NAME", "").strip():
-            raw_name = f"{raw_name}-{p.port}"
-        name = sanitize_name(raw_name)
-        if not name:
-            raise _Refused(f"service name {_short(raw_name)} has no usable characters")
-        if len(name) > MAX_NAME:
-            raise _Refused(f"service name is {len(name)} characters (limit {MAX_NAME})")
-        endpoint_id = _endpoint_id(settings.node, container_name, p, merged, port_attrs, ports)
-        tags = _tags(merged.get("TAGS", ""), settings.tags, cuts)
-        metadata = _metadata(merged, cuts)
-        if settings.internal:
-            address, port = internal_ip, p.port
-        else:
-            address = settings.ip if settings.ip_override or not p.host_ip else p.host_ip
-            address = label_ip or address
-            port = p.host_port
-        try:
-            endpoint = Endpoint(
-                service=name,
-                id=endpoint_id,
-                address=_unbracket(address),
-                port=port,
-                protocol=p.protocol,
-                tags=tags,
-                metadata=metadata,
-                node=settings.node,
-                container_id=container_id,
-                container_name=container_name,
-            )
-        except (ValueError, TypeError) as exc:  # InvalidKeyError is a ValueError
-            raise _Refused(f"port {p.port}: {_short(str(exc), 200)}") from None
-        size = len(endpoint.to_json().encode("utf-8"))
-        if size > MAX_ENTRY_BYTES:
-            raise _Refused(
-                f"the entry of port {p.port} is {size} bytes of JSON (limit {MAX_ENTRY_BYTES})"
-            )
-        endpoints.append(endpoint)
-    return endpoints
+        return internal_ip, ""
+    if settings.ip_label:
+        return "", _label_ip(container, settings.ip_label)
+    return "", ""
+
+
+def _service_name(c: _Container, p: _Port, merged: Mapping[str, str], named: bool) -> str:
+    raw_name = merged["NAME"].strip() if named else c.base_name
+    if len(c.ports) > 1 and not c.by_port.get(p.port, {}).get("NAME", "").strip():
+        raw_name = f"{raw_name}-{p.port}"
+    name = sanitize_name(raw_name)
+    if not name:
+        raise _Refused(f"service name {_short(raw_name)} has no usable characters")
+    if len(name) > MAX_NAME:
+        raise _Refused(f"service name is {len(name)} characters (limit {MAX_NAME})")
+    return name
+
+
+def _port_endpoint(
+    c: _Container, p: _Port, settings: ModelSettings, cuts: list[str]
+) -> Endpoint | None:
+    """The endpoint of one port, None when it gets none (ignored, or not explicit)."""
+    port_attrs = c.by_port.get(p.port, {})
+    merged = {**c.general, **port_attrs}
+    if parse_bool_default(merged.get("IGNORE"), False):
+        return None
+    named = merged.get("NAME", "").strip() != ""
+    if settings.explicit and not named:
+        return None
+    name = _service_name(c, p, merged, named)
+    endpoint_id = _endpoint_id(settings.node, c.name, p, merged, port_attrs, c.ports)
+    tags = _tags(merged.get("TAGS", ""), settings.tags, cuts)
+    metadata = _metadata(merged, cuts)
+    if settings.internal:
+        address, port = c.internal_ip, p.port
+    else:
+        address = settings.ip if settings.ip_override or not p.host_ip else p.host_ip
+        address = c.label_ip or address
+        port = p.host_port
+    try:
+        endpoint = Endpoint(
+            service=name,
+            id=endpoint_id,
+            address=_unbracket(address),
+            port=port,
+            protocol=p.protocol,
+            tags=tags,
+            metadata=metadata,
+            node=settings.node,
+            container_id=c.id,
+            container_name=c.name,
+        )
+    except (ValueError, TypeError) as exc:  # InvalidKeyError is a ValueError
+        raise _Refused(f"port {p.port}: {_short(str(exc), 200)}") from None
+    size = len(endpoint.to_json().encode("utf-8"))
+    if size > MAX_ENTRY_BYTES:
+        raise _Refused(
+            f"the entry of port {p.port} is {size} bytes of JSON (limit {MAX_ENTRY_BYTES})"
+        )
+    return endpoint
 
 
 def _endpoint_id(
