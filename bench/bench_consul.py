@@ -1,6 +1,7 @@
 """pykv's Consul driver against raw HTTP on urllib3 (/v1/kv), on the same server, in one run.
 
-    uv run --no-sync python bench/bench_consul.py consul://127.0.0.1:8500 [--n 1000]
+    uv run --no-sync python bench/bench_consul.py consul://127.0.0.1:8500 [--n 200] [--rounds 15]
+    bash bench/run-all.sh --only consul /tmp/bench    (the same, on a server of its own)
 
 The raw side is what a careful urllib3 user would write: one keep-alive connection pool with
 connect/read timeouts, ``PUT /v1/kv/<key>`` (status and ``true`` checked), ``GET /v1/kv/<key>``
@@ -10,8 +11,9 @@ blocking-query loop (``?index=&wait=``) for watches, and a lock cycle of session
 ``atomic_put``). Measured on 100-byte values: put, get and CAS sequentially and with 8 threads
 (ops/s), the process's CPU per operation (``time.process_time``), watch latency from a put to
 its event in the consuming thread (p50/p99; the raw loop hands events to it as pykv's Watch
-does) and lock cycles. Each measurement alternates rounds (pykv, raw, raw, pykv, ...) so both
-see the same server and machine load; the table gives the median of each side and the median
+does) and lock cycles. Each measurement alternates many short rounds (pykv, raw, raw, pykv,
+...) so both see the same server and machine load (which drifts within seconds on a shared
+machine); the table gives the median of each side and the median
 of the per-round ratios (ops/s: pykv/raw; latency and CPU: raw/pykv, so 1.0 is "as fast as
 raw" and higher is better everywhere). Progress goes to stderr, the table to stdout.
 
@@ -284,8 +286,8 @@ def fmt(value: float, unit: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("url")
-    parser.add_argument("--n", type=int, default=1000, help="operations per round")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--n", type=int, default=200, help="operations per round")
+    parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
     n, k = args.n, args.rounds
     prefix = f"pykv-bench/{uuid.uuid4().hex[:8]}"
