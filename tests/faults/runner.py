@@ -362,6 +362,12 @@ def run_faults(
                 run.record("fault", **{k: v for k, v in event.items() if k != "type"})
             i += 1
             time.sleep(interval)
+    except BaseException:  # no workload may outlive the run (they retry forever)
+        for run in runs:
+            for process in run.all_processes():
+                process.kill()
+            run.control.close()
+        raise
     finally:
         cluster.restore()
     healed = time.monotonic()

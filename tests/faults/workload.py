@@ -112,8 +112,12 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:300]
 
 
+PARENT = os.getppid()
+
+
 def stopped(directory: Path, name: str = "stop") -> bool:
-    return (directory / name).exists()
+    """Told to stop, or orphaned: a runner that died cannot tell its workloads any more."""
+    return (directory / name).exists() or os.getppid() != PARENT
 
 
 def open_store(args: argparse.Namespace) -> pykv.Store:
@@ -272,8 +276,8 @@ def run_ttl_owner(args: argparse.Namespace, rec: Recorder) -> None:
         raise SystemExit("ttl-owner: could not acquire ttl-lock")
     rec.record("ttl-ready", token=lock.token)
     print("ready", flush=True)
-    while True:  # until SIGKILL
-        time.sleep(3600)
+    while os.getppid() == PARENT:  # until SIGKILL (or the runner is gone)
+        time.sleep(1.0)
 
 
 def _stamp(record: logging.LogRecord) -> bool:
