@@ -239,6 +239,41 @@ def wait_working(runs: Sequence[Run], timeout: float, log: Callable[[str], None]
 # Nemeses
 
 
+def connected_ports(pid: int) -> list[int]:
+    """The remote ports of the process's established TCP connections to 127.0.0.1 (from
+    /proc: its socket descriptors, looked up in the host's TCP tables)."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    ports = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                remote, state, inode = fields[2], fields[3], fields[9]
+                loopback = remote.startswith(("0100007F:", "0000000000000000FFFF00000100007F:"))
+                if state == "01" and inode in inodes and loopback:
+                    ports.append(int(remote.rsplit(":", 1)[1], 16))
+    return ports
+
+
+def watched_node(cluster: ClusterLike, runs: Sequence[Run]) -> str | None:
+    """The node the watchers talk to now (the most connections), if any: partition-client
+    cuts the clients off from it, so that every such fault breaks the watches."""
+    by_port = {int(cluster.address(n).rsplit(":", 1)[1]): n for n in cluster.nodes}
+    found = Counter(
+        by_port[port]
+        for run in runs
+        for port in connected_ports(run.watcher.proc.pid)
+        if port in by_port
+    )
+    return found.most_common(1)[0][0] if found else None
+
+
 def pick_node(cluster: ClusterLike, nemesis: str, client_node: str) -> str:
     if nemesis == "kill-random":
         return random.choice(cluster.nodes)
@@ -351,6 +386,8 @@ def run_faults(
             elif time.monotonic() - began >= duration:
                 break
             nemesis = nemeses[i % len(nemeses)]
+            if nemesis == "partition-client":
+                client_node = watched_node(cluster, runs) or cluster.nodes[0]
             event = fault(cluster, nemesis, client_node, fault_seconds)
             faults.append(event)
             log(

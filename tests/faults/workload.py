@@ -134,6 +134,7 @@ def open_store(args: argparse.Namespace) -> pykv.Store:
 def run_lock(args: argparse.Namespace, rec: Recorder) -> None:
     register = FencedRegister(args.dir, fenced=not args.unfenced)
     store = open_store(args)
+    rec.record("open")  # contending from here (opening imports the driver: slow under load)
     lock = store.lock(LOCK_KEY, value=rec.proc, ttl=args.ttl)
     own_token = 0
     try:
