@@ -330,6 +330,7 @@ def fault(cluster: ClusterLike, nemesis: str, client_node: str, seconds: float) 
     return {
         "type": "fault",
         "t": start,
+        "load": os.getloadavg()[0],  # the machine's 1-minute load average: timings under load
         "nemesis": nemesis,
         "node": node,
         "old_leader": old_leader,
@@ -577,6 +578,7 @@ def save_summary(outcome: Outcome, directory: Path, meta: dict[str, Any]) -> Pat
                 "stats": {k: _finite(v) for k, v in outcome.stats.items()},
                 "violations": [{**v.__dict__, "t": _finite(v.t)} for v in outcome.violations],
                 "faulted nodes": dict(Counter(str(f["node"]) for f in faults)),
+                "load average": [round(f["load"], 1) for f in faults if "load" in f],
                 "fault seconds": (faults[-1]["healthy"] - faults[0]["t"]) if faults else 0.0,
             },
             indent=1,

@@ -69,6 +69,7 @@ def document(summaries: list[dict[str, Any]]) -> dict[str, Any]:
             "duration": summary.get("duration"),
             "history": summary["history"],
             "faulted nodes": summary.get("faulted nodes", {}),
+            "load average": summary.get("load average", []),
             "stats": summary["stats"],
             "violations": {check: counts.get(check, 0) for check in CHECKS},
             "details": [v["detail"] for v in summary["violations"]],
