@@ -138,8 +138,11 @@ def check_register(events: list[Event]) -> list[Violation]:
 
 def check_lock_gaps(events: list[Event], bound: float = LOCK_GAP_BOUND) -> list[Violation]:
     """Lock liveness: no stretch longer than ``bound`` without an acquisition while the
-    workers contend (from the first worker's start until they are told to stop)."""
-    starts = [e["t"] for e in of_type(events, "start") if str(e["proc"]).startswith("lock-")]
+    workers contend (from the first worker's store being open, or its start in histories
+    without ``open`` events, until they are told to stop)."""
+    starts = [e["t"] for e in of_type(events, "open") if str(e["proc"]).startswith("lock-")] or [
+        e["t"] for e in of_type(events, "start") if str(e["proc"]).startswith("lock-")
+    ]
     stops = [e["t"] for e in of_type(events, "stop")]
     if not starts:
         return []

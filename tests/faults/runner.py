@@ -239,6 +239,41 @@ def wait_working(runs: Sequence[Run], timeout: float, log: Callable[[str], None]
 # Nemeses
 
 
+def connected_ports(pid: int) -> list[int]:
+    """The remote ports of the process's established TCP connections to 127.0.0.1 (from
+    /proc: its socket descriptors, looked up in the host's TCP tables)."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    ports = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                remote, state, inode = fields[2], fields[3], fields[9]
+                loopback = remote.startswith(("0100007F:", "0000000000000000FFFF00000100007F:"))
+                if state == "01" and inode in inodes and loopback:
+                    ports.append(int(remote.rsplit(":", 1)[1], 16))
+    return ports
+
+
+def watched_node(cluster: ClusterLike, runs: Sequence[Run]) -> str | None:
+    """The node the watchers talk to now (the most connections), if any: partition-client
+    cuts the clients off from it, so that every such fault breaks the watches."""
+    by_port = {int(cluster.address(n).rsplit(":", 1)[1]): n for n in cluster.nodes}
+    found = Counter(
+        by_port[port]
+        for run in runs
+        for port in connected_ports(run.watcher.proc.pid)
+        if port in by_port
+    )
+    return found.most_common(1)[0][0] if found else None
+
+
 def pick_node(cluster: ClusterLike, nemesis: str, client_node: str) -> str:
     if nemesis == "kill-random":
         return random.choice(cluster.nodes)
@@ -295,6 +330,7 @@ def fault(cluster: ClusterLike, nemesis: str, client_node: str, seconds: float) 
     return {
         "type": "fault",
         "t": start,
+        "load": os.getloadavg()[0],  # the machine's 1-minute load average: timings under load
         "nemesis": nemesis,
         "node": node,
         "old_leader": old_leader,
@@ -351,6 +387,8 @@ def run_faults(
             elif time.monotonic() - began >= duration:
                 break
             nemesis = nemeses[i % len(nemeses)]
+            if nemesis == "partition-client":
+                client_node = watched_node(cluster, runs) or cluster.nodes[0]
             event = fault(cluster, nemesis, client_node, fault_seconds)
             faults.append(event)
             log(
@@ -362,6 +400,12 @@ def run_faults(
                 run.record("fault", **{k: v for k, v in event.items() if k != "type"})
             i += 1
             time.sleep(interval)
+    except BaseException:  # no workload may outlive the run (they retry forever)
+        for run in runs:
+            for process in run.all_processes():
+                process.kill()
+            run.control.close()
+        raise
     finally:
         cluster.restore()
     healed = time.monotonic()
@@ -534,6 +578,7 @@ def save_summary(outcome: Outcome, directory: Path, meta: dict[str, Any]) -> Pat
                 "stats": {k: _finite(v) for k, v in outcome.stats.items()},
                 "violations": [{**v.__dict__, "t": _finite(v.t)} for v in outcome.violations],
                 "faulted nodes": dict(Counter(str(f["node"]) for f in faults)),
+                "load average": [round(f["load"], 1) for f in faults if "load" in f],
                 "fault seconds": (faults[-1]["healthy"] - faults[0]["t"]) if faults else 0.0,
             },
             indent=1,

@@ -69,6 +69,8 @@ def document(summaries: list[dict[str, Any]]) -> dict[str, Any]:
             "duration": summary.get("duration"),
             "history": summary["history"],
             "faulted nodes": summary.get("faulted nodes", {}),
+            "load average": summary.get("load average", []),
+            "note": summary.get("note"),
             "stats": summary["stats"],
             "violations": {check: counts.get(check, 0) for check in CHECKS},
             "details": [v["detail"] for v in summary["violations"]],
@@ -82,7 +84,7 @@ def markdown(doc: dict[str, Any]) -> str:
     head = (
         "| backend | nemesis | s | acquisitions | acked writes | watch reconnects | overlaps "
         "| stale writes | lost writes | dup CAS | wrong final watches | late watches "
-        "| max lock gap | max resume | TTL outlived / bound |"
+        "| max lock gap | max resume | TTL outlived / bound | faults | load |"
     )
     lines = [head, "|" + " --- |" * head.count(" | ") + " --- |"]
     for run in doc["runs"]:
@@ -105,9 +107,19 @@ def markdown(doc: dict[str, Any]) -> str:
             f"{s['max lock gap']:.1f} s",
             "never" if resume is None else f"{resume:.1f} s",
             "-" if ttl is None else f"{ttl:.1f} / {s['ttl bound']:g} s",
+            str(s["faults"]),
+            _load(run.get("load average") or []),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _load(samples: list[float]) -> str:
+    """The machine's 1-minute load average over the run's faults: median (max)."""
+    if not samples:
+        return "?"
+    ordered = sorted(samples)
+    return f"{ordered[len(ordered) // 2]:.0f} ({ordered[-1]:.0f})"
 
 
 def main(argv: list[str]) -> int:

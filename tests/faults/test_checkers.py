@@ -109,6 +109,15 @@ def test_lock_gap() -> None:
     assert check_lock_gaps(events) == []
     starved = [ev("start", 0.0, "lock-0"), ev("stop", 30.0, "runner")]
     assert checks_of(check_lock_gaps(starved)) == {"lock-gap"}
+    # measured from the first store open: a slow start-up (importing the driver) is no gap...
+    slow_start = [ev("start", 0.0, "lock-0"), ev("open", 25.0, "lock-0"), *events[1:]]
+    slow_start[2] = ev("acquire", 26.0, "lock-0", token=1)
+    slow_start[3] = ev("acquire", 30.0, "lock-0", token=2)
+    slow_start[4] = ev("stop", 31.0, "runner")
+    assert check_lock_gaps(slow_start) == []
+    # ...but a lock nobody gets once the stores are open is
+    starved_open = [ev("start", 0.0, "lock-0"), ev("open", 1.0, "lock-0"), ev("stop", 30.0)]
+    assert checks_of(check_lock_gaps(starved_open)) == {"lock-gap"}
 
 
 # ------------------------------------------------------------------------------------------------

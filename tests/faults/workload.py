@@ -112,8 +112,12 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:300]
 
 
+PARENT = os.getppid()
+
+
 def stopped(directory: Path, name: str = "stop") -> bool:
-    return (directory / name).exists()
+    """Told to stop, or orphaned: a runner that died cannot tell its workloads any more."""
+    return (directory / name).exists() or os.getppid() != PARENT
 
 
 def open_store(args: argparse.Namespace) -> pykv.Store:
@@ -130,6 +134,7 @@ def open_store(args: argparse.Namespace) -> pykv.Store:
 def run_lock(args: argparse.Namespace, rec: Recorder) -> None:
     register = FencedRegister(args.dir, fenced=not args.unfenced)
     store = open_store(args)
+    rec.record("open")  # contending from here (opening imports the driver: slow under load)
     lock = store.lock(LOCK_KEY, value=rec.proc, ttl=args.ttl)
     own_token = 0
     try:
@@ -272,8 +277,8 @@ def run_ttl_owner(args: argparse.Namespace, rec: Recorder) -> None:
         raise SystemExit("ttl-owner: could not acquire ttl-lock")
     rec.record("ttl-ready", token=lock.token)
     print("ready", flush=True)
-    while True:  # until SIGKILL
-        time.sleep(3600)
+    while os.getppid() == PARENT:  # until SIGKILL (or the runner is gone)
+        time.sleep(1.0)
 
 
 def _stamp(record: logging.LogRecord) -> bool:

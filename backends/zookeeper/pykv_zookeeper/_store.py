@@ -82,6 +82,8 @@ _RETRIES = 20
 _JOIN_TIMEOUT = 5.0
 #: The session of everything that is not ephemeral (reads, plain writes, watches).
 _MAIN_SESSION_TIMEOUT = 10.0
+#: The longest a non-strict session's connection may stay silent before it fails over.
+_READ_TIMEOUT = 3.0
 #: How often the session worker retries a cleanup that failed (a lock node to delete).
 _CLEANUP_INTERVAL = 0.5
 #: Recursive reads (list, delete_tree, since checks) batch this many nodes per multiRead
@@ -276,6 +278,12 @@ class _Session:
         def connect_and_record(*args: Any) -> Any:
             result = connect(*args)
             self.negotiated = round(float(result[0]) * 1.5) / 1000.0
+            if not self.strict:
+                # A server cut off without a reset is noticed only by the heartbeat: kazoo pings
+                # after read/2 idle and drops the connection read/2 later, so watches on it
+                # went silent for up to 2/3 of the session timeout (6.7 s). Fail over sooner;
+                # the session lives on. (Strict sessions keep kazoo's: a drop loses their locks.)
+                return (min(result[0], _READ_TIMEOUT * 1000.0), *result[1:])
             return result
 
         connection._connect = connect_and_record
