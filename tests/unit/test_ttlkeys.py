@@ -70,36 +70,39 @@ def test_a_failed_write_is_retried_by_the_next_call() -> None:
     assert not keys.pending("g")
 
 
-def test_a_delete_racing_with_the_recreation_wins() -> None:
+def racing(
+    server: Server, keys: TTLKeys[str, str], *, undo_fails: bool
+) -> Callable[[str, bytes], Created]:
+    """A create hook during which this store deletes the key (its delete sent while the
+    re-creation's write was in flight); optionally the undo that follows fails once."""
+    create = server.create("me")
+
+    def hook(path: str, value: bytes) -> Created:
+        result = create(path, value)
+        keys.forget(path)
+        server.fail_next = 1 if undo_fails else 0
+        return result
+
+    return hook
+
+
+def lost_key() -> tuple[Server, TTLKeys[str, str]]:
     server, keys = Server(), TTLKeys[str, str]()
     keys.remember("g", "a", b"1")
     keys.lose("g")
-    create = server.create("me")
+    return server, keys
 
-    def racing(path: str, value: bytes) -> Created:
-        result = create(path, value)
-        keys.forget(path)  # this store's delete, sent while the write was in flight
-        return result
 
-    server.fail_next = 0
-    keys.recreate("g", racing, server.delete_if_at)
+def test_a_delete_racing_with_the_recreation_wins() -> None:
+    server, keys = lost_key()
+    keys.recreate("g", racing(server, keys, undo_fails=False), server.delete_if_at)
     assert "a" not in server.data  # the re-creation undid itself
 
 
 def test_an_undo_that_fails_is_retried_and_spares_a_newer_write() -> None:
-    server, keys = Server(), TTLKeys[str, str]()
-    keys.remember("g", "a", b"1")
-    keys.lose("g")
-    create = server.create("me")
-
-    def racing(path: str, value: bytes) -> Created:
-        result = create(path, value)
-        keys.forget(path)
-        server.fail_next = 1  # the undo fails once
-        return result
-
+    server, keys = lost_key()
     with pytest.raises(ConnectionError):
-        keys.recreate("g", racing, server.delete_if_at)
+        keys.recreate("g", racing(server, keys, undo_fails=True), server.delete_if_at)
     assert keys.pending("g")
     server.write("a", b"newer", "someone")  # written again since the re-creation
     keys.recreate("g", server.create("me"), server.delete_if_at)
