@@ -14,7 +14,7 @@ from pykv import _registry
 
 def test_public_surface_is_exactly_all() -> None:
     public = {name for name in dir(pykv) if not name.startswith("_")}
-    submodules = {"testing", "discovery", "registrar", "aio", "recipes"}
+    submodules = {"testing", "discovery", "registrar", "aio", "recipes", "kit"}
     assert public - submodules == set(pykv.__all__) - {"__version__"}
     for name in pykv.__all__:
         assert getattr(pykv, name) is not None
