@@ -85,7 +85,7 @@ class EtcdStore(Store):
             str(self),
             self.timeout,
             self.ttl_slack,
-            self._call,
+            lambda *args, **kw: self._call(*args, **kw),  # noqa: PLW0108 (looked up per call)
             lambda: self._client,
             self._check_open,
         )
