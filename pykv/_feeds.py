@@ -155,6 +155,11 @@ def diff(old: Sequence[KVPair], new: Sequence[KVPair]) -> TreeChange:
     return TreeChange(added=tuple(added), modified=tuple(modified), removed=tuple(removed))
 
 
+def _value_of(tree: SortedTree, key: str) -> bytes | None:
+    pair = tree.get(key)
+    return None if pair is None else pair.value
+
+
 def _empty(change: TreeChange) -> bool:
     return not (change.added or change.modified or change.removed)
 
@@ -271,13 +276,27 @@ class TreeFeed:
             resynced=resynced,
         )
 
-    def reset_relative(self, pairs: Iterable[KVPair], after: int, *, resynced: bool = True) -> None:
+    def reset_relative(
+        self,
+        pairs: Iterable[KVPair],
+        after: int,
+        *,
+        resynced: bool = True,
+        values_only: bool = False,
+    ) -> None:
         """The tree re-read at ``after``, keys already relative to the store's prefix:
-        delivered (flagged ``resynced``) when it differs from the state."""
+        delivered (flagged ``resynced``) when it differs from the state. ``values_only``: a
+        change of revisions alone is taken in silently (etcd v2 refreshes of TTL keys)."""
         self.after = max(self.after, after)
         fresh = SortedTree(pairs)
-        change = diff(self.tree._pairs, fresh._pairs)
-        self.tree = fresh
+        before, self.tree = self.tree, fresh
+        change = diff(before._pairs, fresh._pairs)
+        if (
+            values_only
+            and not (change.added or change.removed)
+            and all(_value_of(before, p.key) == p.value for p in change.modified)
+        ):
+            return
         if not _empty(change):
             self.watch._emit(Snapshot(fresh.pairs(), None if resynced else change), resynced)
 

@@ -367,6 +367,16 @@ def zookeeper_url(servers: Compose) -> str:
     return f"zookeeper://{HOST}:12181"
 
 
+@pytest.fixture(scope="session")
+def zk_url(request: pytest.FixtureRequest) -> str:
+    """The harness's single ZooKeeper server, or PYKV_ZOOKEEPER_URL (a server of your own)."""
+    url = os.environ.get("PYKV_ZOOKEEPER_URL")
+    if url:
+        return url
+    harness: str = request.getfixturevalue("zookeeper_url")
+    return harness
+
+
 # ------------------------------------------------------------------------------------------------
 # Clusters: started once per session, restored after every test that used one
 

@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import pytest
 from _tls import stop
+from _watches import check_many_watches_share_threads
 
 import pykv
 from pykv import KVPair, Store
@@ -392,19 +393,4 @@ def test_keys_below_a_plain_value(store: Store) -> None:
 def test_a_thousand_watches_share_one_poll(store: Store) -> None:
     """Every watch of a store rides one long poll and one thread (1,000 watches must not cost
     1,000 threads or connections); each still gets its own key's events."""
-    before = threading.active_count()
-    watches = [store.watch(f"many/{i % 50}") for i in range(1000)]
-    try:
-        for watch in watches:
-            assert watch.get(timeout=10) is None
-        grown = threading.active_count() - before
-        assert grown < 20, f"{grown} threads for 1,000 watches"
-        for i in range(50):
-            store.put(f"many/{i}", str(i))
-        for n, watch in enumerate(watches):
-            event = drain_until(watch, lambda e: e is not None, 10)
-            assert event is not None
-            assert event.value == str(n % 50).encode()
-    finally:
-        for watch in watches:
-            watch.close()
+    check_many_watches_share_threads(store)

@@ -12,6 +12,7 @@ from typing import Any
 import pyetcd
 import pytest
 from _proxy import TcpProxy as _Proxy
+from _watches import check_many_watches_share_threads
 
 import pykv
 from pykv import KVPair, StoreURL
@@ -350,23 +351,8 @@ def test_close_while_cut_off_is_bounded(etcd_url: str, prefix: str, proxy: _Prox
 def test_a_thousand_watches_share_one_stream(store: pykv.Store) -> None:
     """Every watch of a store rides one gRPC stream and one thread (issue: 1,000 watches must
     not cost 1,000 threads); each still gets its own key's events, and closing frees them."""
-    before = threading.active_count()
-    watches = [store.watch(f"many/{i % 50}") for i in range(1000)]
-    try:
-        for watch in watches:
-            assert watch.get(timeout=10) is None
-        grown = threading.active_count() - before
-        assert grown < 20, f"{grown} threads for 1,000 watches"
-        for i in range(50):
-            store.put(f"many/{i}", str(i))
-        for n, watch in enumerate(watches):
-            event = drain_until(watch, lambda e: e is not None, 10)
-            assert event is not None
-            assert event.value == str(n % 50).encode()
-        with store.watch_tree("many") as tree:
-            assert len(tree.get(timeout=10)) == 50
-    finally:
-        for watch in watches:
-            watch.close()
+    watches = check_many_watches_share_threads(store)
+    with store.watch_tree("many") as tree:
+        assert len(tree.get(timeout=10)) == 50
     store.put("many/0", b"after")  # closed watches are cancelled on the stream, not fed
     assert all(w.closed for w in watches)

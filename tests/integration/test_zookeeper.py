@@ -8,7 +8,6 @@ the tests at another server instead.
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 import uuid
@@ -25,15 +24,6 @@ from pykv.testing import AsyncTests, ConformanceTests, FuzzTests, RecipeTests
 from pykv.testing._support import drain_until, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.zookeeper]
-
-
-@pytest.fixture(scope="session")
-def zk_url(request: pytest.FixtureRequest) -> str:
-    url = os.environ.get("PYKV_ZOOKEEPER_URL")
-    if url:
-        return url
-    harness: str = request.getfixturevalue("zookeeper_url")
-    return harness
 
 
 def _hosts(url: str) -> str:

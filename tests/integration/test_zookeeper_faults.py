@@ -12,7 +12,6 @@ The server and its sessions are real; only the network between them fails.
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import threading
 import time
@@ -146,16 +145,6 @@ class FaultProxy:
                 sock.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 sock.close()
-
-
-@pytest.fixture(scope="session")
-def zk_url(request: pytest.FixtureRequest) -> str:
-    """The harness's single server, or PYKV_ZOOKEEPER_URL (as in test_zookeeper.py)."""
-    url = os.environ.get("PYKV_ZOOKEEPER_URL")
-    if url:
-        return url
-    harness: str = request.getfixturevalue("zookeeper_url")
-    return harness
 
 
 @pytest.fixture

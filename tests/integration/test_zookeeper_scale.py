@@ -7,7 +7,6 @@ The server comes from the harness fixture ``zookeeper_url`` (see test_zookeeper.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 
@@ -19,15 +18,6 @@ import pykv
 # Thousands of calls with kazoo (to build the trees and read them node by node): more than the
 # default two minutes on a busy machine.
 pytestmark = [pytest.mark.integration, pytest.mark.zookeeper, pytest.mark.timeout(600)]
-
-
-@pytest.fixture(scope="module")
-def zk_url(request: pytest.FixtureRequest) -> str:
-    url = os.environ.get("PYKV_ZOOKEEPER_URL")
-    if url:
-        return url
-    harness: str = request.getfixturevalue("zookeeper_url")
-    return harness
 
 
 @pytest.fixture(scope="module")

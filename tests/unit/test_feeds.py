@@ -161,3 +161,14 @@ def test_tree_feed_matches_a_naive_model(ops: list[tuple[str, bytes | None]], ba
         previous = {p.key: p for p in event}
         assert list(event) == sorted(event, key=lambda p: p.key)
     assert previous == model
+
+
+def test_tree_feed_reset_with_values_only_ignores_revision_changes() -> None:
+    watch: Watch[list[KVPair]] = Watch("t")
+    feed = TreeFeed(watch, "", 0, [KVPair("a", b"1", 1)], 1)
+    drain(watch)
+    feed.reset_relative([KVPair("a", b"1", 7)], 2, resynced=False, values_only=True)
+    assert drain(watch) == []  # a refresh: same value, new revision
+    assert feed.tree.get("a") == KVPair("a", b"1", 7)
+    feed.reset_relative([KVPair("a", b"2", 8)], 3, resynced=False, values_only=True)
+    assert [e for e, _ in drain(watch)] == [[KVPair("a", b"2", 8)]]

@@ -144,7 +144,7 @@ from pykv import (
     UnavailableError,
     Watch,
 )
-from pykv.kit import Change, SortedTree, TreeFeed
+from pykv.kit import Change, TreeFeed
 
 __all__ = ["Etcd2Options", "Etcd2Store"]
 
@@ -1485,15 +1485,8 @@ class _TreeWatch(_WatchWorker):
         pairs, index = self.store._read_tree(self.prefix, self.what, quorum=True)
         self.seq += 1
         self.moving.clear()
-        # a refresh of a TTL key changes its revision only: compare values, not revisions
-        tree = self.feed.tree
-        if len(pairs) != len(tree) or any(
-            (old := tree.get(p.key)) is None or old.value != p.value for p in pairs
-        ):
-            self.feed.reset_relative(pairs, self.seq, resynced=False)
-        else:
-            self.feed.tree = SortedTree(pairs)
-            self.feed.after = self.seq
+        # a refresh of a TTL key changes its revision only: no event for that
+        self.feed.reset_relative(pairs, self.seq, resynced=False, values_only=True)
         return index
 
     def _apply(self, event: dict[str, Any]) -> None:

@@ -120,12 +120,13 @@ class Leases:
             self._abandoned.clear()
         for lease in leases:
             with contextlib.suppress(PyKVError):
-                self._call(
-                    "revoke a lease",
-                    "LeaseRevoke",
-                    etcdrpc.LeaseRevokeRequest(ID=lease.id),
-                    stub="lease",
-                )
+                self._revoke(lease.id, "revoke a lease")
+
+    def _revoke(self, lease_id: int, what: str, deadline: float | None = None) -> None:
+        """Revoke a lease, which deletes its keys at once (``_LeaseGoneError``: etcd no longer
+        knows it)."""
+        request = etcdrpc.LeaseRevokeRequest(ID=lease_id)
+        self._call(what, "LeaseRevoke", request, stub="lease", deadline=deadline)
 
     def _ensure_keeper(self) -> None:
         """Start the keepalive thread (with ``mutex`` held)."""
@@ -179,13 +180,7 @@ class Leases:
         with self.mutex:
             self.lock_leases.discard(lease)
         try:
-            self._call(
-                "revoke a lease",
-                "LeaseRevoke",
-                etcdrpc.LeaseRevokeRequest(ID=lease.id),
-                stub="lease",
-                deadline=deadline,
-            )
+            self._revoke(lease.id, "revoke a lease", deadline)
         except _LeaseGoneError:
             pass  # expired, or revoked by an earlier attempt whose answer was lost
         except PyKVError:
@@ -346,13 +341,7 @@ class Leases:
             if not gone and not self._stop.is_set():
                 deadline = min(until, now + 0.5) if cap is None else min(until, now + 0.5, cap)
                 try:
-                    self._call(
-                        "revoke an abandoned lease",
-                        "LeaseRevoke",
-                        etcdrpc.LeaseRevokeRequest(ID=lease_id),
-                        stub="lease",
-                        deadline=max(deadline, now + 0.05),
-                    )
+                    self._revoke(lease_id, "revoke an abandoned lease", max(deadline, now + 0.05))
                     gone = True
                 except _LeaseGoneError:
                     gone = True
