@@ -120,7 +120,6 @@ class ConsulLock(Lock):
                 check,
                 stop,
                 lambda exc: self._mark_lost(f"watching its key failed: {exc}"),
-                own_connections=False,
             ),
         )
 

@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from pykv import (
     Capability,
@@ -29,14 +29,16 @@ from pykv import (
     UnavailableError,
     Watch,
 )
-from pykv.kit import TreeFeed
 
 from ._catalog import CheckLike, EndpointLike, service_definition, ttl_check_id
 from ._transport import SessionRejected, Transport, TxnFailed, b64, parse_duration
+from ._watch import KeySub, Sub, TreeSub, WatchMux
 
 __all__ = ["ConsulOptions", "ConsulStore"]
 
 log = logging.getLogger("pykv.consul")
+
+T = TypeVar("T")
 
 DEFAULT_PORT = 8500
 DEFAULT_TLS_PORT = 8501
@@ -146,6 +148,14 @@ class ConsulStore(Store):
         # service another has just removed.
         self._catalog: dict[str, dict[str, Any]] = {}
         self._catalog_lock = threading.Lock()
+        self._mux = WatchMux(
+            str(self),
+            self._transport,
+            wait=self._wait,
+            give_up=max(30.0, 3 * self.timeout),
+            stop=self._stop,
+            start_thread=self._start_thread,
+        )
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -550,15 +560,6 @@ class ConsulStore(Store):
 
     # -- watches ----------------------------------------------------------------------------
 
-    def _start_watch(self, name: str, watch: Watch[Any], target: Callable[[], None]) -> None:
-        with self._mutex:
-            self._watches.add(watch)
-        try:
-            self._start_thread(name, target)
-        except BaseException:
-            watch.close()
-            raise
-
     def _start_thread(self, name: str, target: Callable[[], None]) -> threading.Thread:
         def run() -> None:
             try:
@@ -582,17 +583,11 @@ class ConsulStore(Store):
         on_change: Callable[[Any], bool],
         stop: threading.Event,
         on_error: Callable[[PyKVError], None],
-        *,
-        recurse: bool = False,
-        own_connections: bool = True,
     ) -> None:
-        """Blocking queries on ``path`` (with ``recurse``: the entries below it) from ``index``
-        until ``stop``; ``on_change(entry or entries)`` after each answer returns False to end.
-        Errors are retried with back-off (the watch survives agent failures and leader
-        elections) until nothing succeeded for the give-up time. Long-lived watches get
-        connections of their own; a lock's short watch shares the store's pool."""
-        transport = self._transport.clone(f"{what} on {self}") if own_connections else None
-        run = transport or self._transport
+        """Blocking queries on ``path`` from ``index`` until ``stop`` (a held lock's watch of
+        its key, on the store's connections); ``on_change(entry)`` after each answer returns
+        False to end. Errors are retried with back-off (the watch survives agent failures and
+        leader elections) until nothing succeeded for the give-up time."""
         give_up = max(30.0, 3 * self.timeout)
         index = max(1, index)  # index 0 would make a query that does not block
         failing_since: float | None = None
@@ -600,8 +595,8 @@ class ConsulStore(Store):
         try:
             while not stop.is_set() and not self._stop.is_set():
                 try:
-                    new_index, data = run.kv_get(
-                        what, path, recurse=recurse, index=index, wait=self._wait
+                    new_index, data = self._transport.kv_get(
+                        what, path, index=index, wait=self._wait
                     )
                 except PermissionDeniedError as exc:
                     on_error(exc)
@@ -619,25 +614,12 @@ class ConsulStore(Store):
                 failing_since, backoff = None, 0.05
                 if stop.is_set():
                     return
-                # Consul's rules: an index that goes backwards (a snapshot restore, a new
-                # leader with a different view) restarts from the answer's index; never < 1.
-                index = max(1, new_index)
+                index = max(1, new_index)  # see _watch.Poller.run
                 if not on_change(data):
                     return
         except Exception as exc:  # never end silently: the consumer gets the error
             log.exception("%s: %s failed", self, what)
             on_error(UnavailableError(f"{what} on {self} failed: {exc!r}"))
-        finally:
-            if transport is not None:
-                transport.close()
-
-    def _on_watch_close(self, stop: threading.Event) -> Callable[[], None]:
-        def closed() -> None:
-            stop.set()
-            with self._mutex:
-                self._watches = {w for w in self._watches if not w.closed}
-
-        return closed
 
     def _changed_since(self, key: str, since: int, *, tree: bool) -> bool | None:
         # A single-key read answers with the index of the whole KV store, deletions included:
@@ -649,64 +631,41 @@ class ConsulStore(Store):
     def _watch(self, key: str) -> Watch[KVPair | None]:
         path = self._path(key)
         index, current = self._read(key)
-        stop = threading.Event()
-        watch: Watch[KVPair | None] = Watch(
-            f"watch({key!r}) on {self}", on_close=self._on_watch_close(stop)
+        return self._serve(
+            f"watch({key!r}) on {self}",
+            lambda watch: KeySub(watch, key, path, current, index),
+            tree=False,
         )
-        watch._emit(current)
-        last = [current]
-
-        def changed(entry: dict[str, Any] | None) -> bool:
-            pair = None if entry is None else self._pair(key, entry)
-            if pair != last[0]:  # writes to other keys can wake a query: compare
-                last[0] = pair
-                watch._emit(pair)
-            return True
-
-        self._start_watch(
-            f"pykv-consul-watch {key}",
-            watch,
-            lambda: self._poll(
-                f"watch {key!r}",
-                path,
-                index,
-                changed,
-                stop,
-                watch._fail,
-            ),
-        )
-        return watch
 
     def _watch_tree(self, prefix: str) -> Watch[list[KVPair]]:
         base = self._tree_base(prefix)
         index, entries = self._transport.kv_get(f"watch_tree {prefix!r}", base, recurse=True)
-        stop = threading.Event()
-        watch: Watch[list[KVPair]] = Watch(
-            f"watch_tree({prefix!r}) on {self}", on_close=self._on_watch_close(stop)
+        return self._serve(
+            f"watch_tree({prefix!r}) on {self}",
+            lambda watch: TreeSub(watch, base, self._pairs(entries), index, self._pairs),
+            tree=True,
         )
-        feed = TreeFeed(watch, "", 0, self._pairs(entries), 0)
-        answers = [0]
 
-        def changed(data: list[dict[str, Any]] | None) -> bool:
-            # Every answer is the whole tree: the feed delivers it if it differs (with the
-            # delta), positions are the answers' order.
-            answers[0] += 1
-            feed.reset_relative(self._pairs(data), answers[0], resynced=False)
-            return True
+    def _serve(self, what: str, subscribe: Callable[[Watch[T]], Sub], *, tree: bool) -> Watch[T]:
+        """A watch that emits its first event and is then served by a poller (``_watch``)."""
+        subs: list[Sub] = []
 
-        self._start_watch(
-            f"pykv-consul-watch-tree {prefix}",
-            watch,
-            lambda: self._poll(
-                f"watch_tree {prefix!r}",
-                base,
-                index,
-                changed,
-                stop,
-                watch._fail,
-                recurse=True,
-            ),
-        )
+        def closed() -> None:
+            for sub in subs:
+                self._mux.leave(sub, tree=tree)
+            with self._mutex:
+                self._watches.discard(watch)
+
+        watch: Watch[T] = Watch(what, on_close=closed)
+        subs.append(subscribe(watch))
+        with self._mutex:
+            self._check_open()
+            self._watches.add(watch)
+        try:
+            self._mux.join(subs[0], tree=tree)
+        except BaseException:
+            watch.close()
+            raise
         return watch
 
     # -- agent services (pykv.discovery.CatalogPublisher) ----------------------------------
