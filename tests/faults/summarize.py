@@ -2,6 +2,8 @@
 
     uv run --no-sync python tests/faults/summarize.py .faults/long-* > docs/results/faults.json
     uv run --no-sync python tests/faults/summarize.py --markdown docs/results/faults.json
+    # add new runs to the published ones (each new backend x nemesis replaces the old row)
+    uv run --no-sync python tests/faults/summarize.py --keep docs/results/faults.json .faults/long-*
 
 Each long run (``scripts/faults.sh``) leaves, per target, ``<run>/<target>/summary.json``
 (:func:`runner.save_summary`): the command and commit, the statistics, the violations. This
@@ -79,6 +81,21 @@ def document(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     return {"targets": TARGETS, "bounds": BOUNDS, "runs": runs, "superseded": superseded}
 
 
+def merge(doc: dict[str, Any], earlier: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` plus the runs of ``earlier`` for every backend x nemesis ``doc`` has not run
+    again (those it has are listed under ``superseded``)."""
+    have = {(r["backend"], r["nemesis"]) for r in doc["runs"]}
+    runs, superseded = list(doc["runs"]), list(doc["superseded"])
+    for run in earlier.get("runs", []):
+        if (run["backend"], run["nemesis"]) in have:
+            superseded.append(run["history"])
+        else:
+            runs.append(run)
+    superseded += [h for h in earlier.get("superseded", []) if h not in superseded]
+    runs.sort(key=lambda r: (r["backend"], r["nemesis"]))
+    return {**doc, "runs": runs, "superseded": superseded}
+
+
 def markdown(doc: dict[str, Any]) -> str:
     """The table of docs/results.md: one row per backend x nemesis."""
     head = (
@@ -128,6 +145,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--markdown", type=Path, metavar="JSON", help="print the docs' table of a faults.json"
     )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        metavar="JSON",
+        help="a faults.json whose runs are kept where the new runs do not replace them",
+    )
     args = parser.parse_args(argv)
     if args.markdown is not None:
         print(markdown(json.loads(args.markdown.read_text(encoding="utf-8"))))
@@ -135,7 +158,10 @@ def main(argv: list[str]) -> int:
     summaries = load(args.runs)
     if not summaries:
         raise SystemExit("summarize.py: no summary.json under the directories given")
-    json.dump(document(summaries), sys.stdout, indent=1)
+    doc = document(summaries)
+    if args.keep is not None:
+        doc = merge(doc, json.loads(args.keep.read_text(encoding="utf-8")))
+    json.dump(doc, sys.stdout, indent=1)
     print()
     return 0
 
