@@ -298,8 +298,10 @@ def test_close_stops_background_threads(consul_url: str, prefix: str) -> None:
 class _CuttableProxy:
     """A TCP forwarder to the agent whose connections can all be cut at once (a partition)."""
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    def __init__(self, target: tuple[str, int], delay: tuple[bytes, float] | None = None) -> None:
         self.target = target
+        #: (text, seconds): a request containing the text is held that long before it is sent
+        self.delay = delay
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.sockets: list[socket.socket] = []
@@ -314,13 +316,15 @@ class _CuttableProxy:
                 return
             upstream = socket.create_connection(self.target, timeout=5)
             self.sockets += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            for a, b, delay in ((client, upstream, self.delay), (upstream, client, None)):
+                threading.Thread(target=self._pump, args=(a, b, delay), daemon=True).start()
 
     @staticmethod
-    def _pump(src: Any, dst: Any) -> None:
+    def _pump(src: Any, dst: Any, delay: tuple[bytes, float] | None) -> None:
         try:
             while data := src.recv(65536):
+                if delay is not None and delay[0] in data:
+                    time.sleep(delay[1])
                 dst.sendall(data)
         except OSError:
             pass
@@ -332,6 +336,30 @@ class _CuttableProxy:
         for sock in self.sockets:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+
+def test_a_ttl_session_being_created_does_not_hold_up_other_calls(
+    consul_url: str, prefix: str
+) -> None:
+    """A TTL put whose session Consul is slow to create (here: held 3 s on the way) must not
+    make the store's other calls wait: the store's mutex is not held across the request."""
+    host = StoreURL.parse(consul_url).hosts[0]
+    proxy = _CuttableProxy((host.host, host.port or 8500), delay=(b"/v1/session/create", 3.0))
+    with pykv.open_store(f"consul://127.0.0.1:{proxy.port}", prefix=prefix, timeout=10) as store:
+        store.put("warm", b"x")  # the connection pool is open
+        ttl_put = threading.Thread(target=store.put, args=("t", b"v"), kwargs={"ttl": 5})
+        ttl_put.start()
+        time.sleep(0.5)  # the session request is on its way (held by the proxy)
+        start = time.monotonic()
+        store.put("plain", b"v")
+        with store.watch("plain") as watch:
+            assert watch.get(timeout=5) is not None
+        took = time.monotonic() - start
+        assert ttl_put.is_alive(), "the TTL put was not held up: the test proves nothing"
+        assert took < 1.5, f"a plain put and a watch waited {took:.1f} s for a TTL session"
+        ttl_put.join(15)
+        assert store.get("t").value == b"v"
+    proxy.cut()
 
 
 def test_lost_is_set_before_another_client_can_acquire(consul_url: str, prefix: str) -> None:

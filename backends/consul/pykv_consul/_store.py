@@ -127,6 +127,7 @@ class ConsulStore(Store):
         self._stop = threading.Event()
         # sessions: one per TTL value for TTL keys, one per held (or wanted) lock
         self._ttl_sessions: dict[float, _Session] = {}
+        self._ttl_creating: dict[float, threading.Lock] = {}
         self._sessions: set[_Session] = set()
         self._session_ttl_min = 0.0  # learnt from the server when it refuses a shorter TTL
         # This store's TTL keys (Consul path -> (ttl, value)), written again when Consul
@@ -375,16 +376,27 @@ class ConsulStore(Store):
         self._transport.destroy_session(f"destroy the session of {session.purpose}", session.id)
 
     def _ttl_session(self, ttl: float) -> _Session:
+        """The session of this store's TTL keys with ``ttl``, created on first use. Creating
+        one is a request to Consul: it holds a lock of its TTL (so two writers do not create
+        two), never the store's mutex, which every other call takes."""
         with self._mutex:
             session = self._ttl_sessions.get(ttl)
-            if session is None or session.lost:
+            if session is not None and not session.lost:
+                return session
+            creating = self._ttl_creating.setdefault(ttl, threading.Lock())
+        with creating:
+            with self._mutex:
+                session = self._ttl_sessions.get(ttl)
+            if session is not None and not session.lost:
+                return session  # another writer created it meanwhile
 
-                def lost(reason: str, ttl: float = ttl) -> None:
-                    self._forget_ttl_session(ttl, reason)
+            def lost(reason: str, ttl: float = ttl) -> None:
+                self._forget_ttl_session(ttl, reason)
 
-                session = self._create_session(
-                    f"TTL keys ({ttl:g} s) of {self}", ttl, lost, gives_up=False
-                )
+            session = self._create_session(
+                f"TTL keys ({ttl:g} s) of {self}", ttl, lost, gives_up=False
+            )
+            with self._mutex:
                 self._ttl_sessions[ttl] = session
             return session
 
