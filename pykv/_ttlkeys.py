@@ -99,6 +99,17 @@ class TTLKeys(Generic[P, G]):
             for path in [p for p, (g, _) in self._keys.items() if g == group]:
                 del self._keys[path]
 
+    def clear(self) -> None:
+        """Forget every key and group (the store closes)."""
+        with self.lock:
+            self._keys.clear()
+            self._pending.clear()
+
+    def lost_groups(self) -> list[G]:
+        """The groups with keys still to write again (or re-creations to undo)."""
+        with self.lock:
+            return [g for g, p in self._pending.items() if p.missing or p.undo]
+
     def pending(self, group: G) -> bool:
         with self.lock:
             p = self._pending.get(group)

@@ -123,3 +123,18 @@ def test_forget_restore_and_groups() -> None:
     assert keys.count("g") == 1
     keys.drop_group("g")
     assert len(keys) == 0
+
+
+def test_lost_groups_lists_the_groups_with_work_left_and_clear_forgets_all() -> None:
+    keys: TTLKeys[str, str] = TTLKeys()
+    keys.remember("a", "k1", b"1")
+    keys.remember("b", "k2", b"2")
+    assert keys.lost_groups() == []
+    keys.lose("a")
+    assert keys.lost_groups() == ["a"]
+    keys.recreate("a", lambda path, value: Created(True, 7), lambda path, at: None)
+    assert keys.lost_groups() == []
+    keys.lose("b")
+    keys.clear()
+    assert keys.lost_groups() == []
+    assert len(keys) == 0

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, ClassVar, TypeVar
 
 from pykv import (
@@ -29,6 +30,7 @@ from pykv import (
     UnavailableError,
     Watch,
 )
+from pykv.kit import Created, TTLKeys
 
 from ._catalog import CheckLike, EndpointLike, service_definition, ttl_check_id
 from ._transport import SessionRejected, Transport, TxnFailed, b64, parse_duration
@@ -131,11 +133,8 @@ class ConsulStore(Store):
         self._sessions: set[_Session] = set()
         self._session_ttl_min = 0.0  # learnt from the server when it refuses a shorter TTL
         # This store's TTL keys (Consul path -> (ttl, value)), written again when Consul
-        # invalidates their session while the store is open (see _recreate_loop); the keys
-        # still to write, and re-created keys this store deleted meanwhile (path -> index).
-        self._ttl_keys: dict[str, tuple[float, bytes]] = {}
-        self._missing: set[str] = set()
-        self._undo: dict[str, int] = {}
+        # invalidates the session of their TTL while the store is open (see _recreate_loop).
+        self._ttl_keys: TTLKeys[str, float] = TTLKeys(self._mutex)
         self._recreator: threading.Thread | None = None
         self._recreate_wake = threading.Event()
         self._renewer: threading.Thread | None = None
@@ -227,11 +226,10 @@ class ConsulStore(Store):
                     self._forget_ttl_session(ttl, "it was invalidated")
                     continue
                 raise
-            with self._mutex:
-                if ttl is None:
-                    self._ttl_keys.pop(path, None)
-                else:
-                    self._ttl_keys[path] = (ttl, value)
+            if ttl is None:
+                self._ttl_keys.forget(path)
+            else:
+                self._ttl_keys.remember(ttl, path, value)
             return found
         raise AssertionError("unreachable")
 
@@ -245,8 +243,7 @@ class ConsulStore(Store):
         path = self._path(key)
         # Forgotten before the delete is sent, so that a re-creation after the TTL session was
         # invalidated cannot outlive it (see _recreate).
-        with self._mutex:
-            self._ttl_keys.pop(path, None)
+        self._ttl_keys.forget(path)
         self._transport.kv_delete(f"delete {key!r}", path)
 
     def _list(self, prefix: str) -> list[KVPair]:
@@ -259,9 +256,8 @@ class ConsulStore(Store):
         ops: list[dict[str, Any]] = [{"Verb": "delete-tree", "Key": base}]
         if prefix:
             ops.insert(0, {"Verb": "delete", "Key": self._path(prefix)})
-        with self._mutex:  # before the delete, as in _delete
-            for path in [p for p in self._ttl_keys if p.startswith(base) or p == base[:-1]]:
-                del self._ttl_keys[path]
+        # before the delete, as in _delete
+        self._ttl_keys.forget_where(lambda p: p.startswith(base) or p == base[:-1])
         try:
             self._transport.txn(f"delete_tree {prefix!r}", ops, idempotent=True)
         except TxnFailed as exc:
@@ -305,17 +301,14 @@ class ConsulStore(Store):
         ]
         # Forgotten before the delete is sent, as in _delete; remembered again if nothing
         # was deleted.
-        with self._mutex:
-            tracked = self._ttl_keys.pop(path, None)
+        tracked = self._ttl_keys.forget(path)
         try:
             try:
                 self._transport.txn(f"atomic_delete {key!r}", ops, idempotent=False)
             except TxnFailed as exc:
                 raise self._cas_failed(key, previous, exc) from exc
         except BaseException:
-            if tracked is not None:
-                with self._mutex:
-                    self._ttl_keys.setdefault(path, tracked)
+            self._ttl_keys.restore(path, tracked)
             raise
 
     # -- sessions ---------------------------------------------------------------------------
@@ -406,8 +399,7 @@ class ConsulStore(Store):
             if session is not None:
                 session.lost = True
                 self._sessions.discard(session)
-                lost = {path for path, (t, _) in self._ttl_keys.items() if t == ttl}
-                self._missing |= lost
+                lost = self._ttl_keys.lose(ttl)
                 if lost and not self._closed:
                     self._ensure_recreator()
                     self._recreate_wake.set()
@@ -436,7 +428,7 @@ class ConsulStore(Store):
             self._recreate_wake.clear()
             while not self._stop.is_set():
                 try:
-                    if not self._recreate_one():
+                    if not self._recreate():
                         break
                 except PyKVError as exc:
                     log.info("%s: could not write a TTL key again (%s); retrying", self, exc)
@@ -445,70 +437,38 @@ class ConsulStore(Store):
                     log.exception("%s: writing a TTL key again failed", self)
                     self._stop.wait(0.5)
 
-    def _recreate_one(self) -> bool:
-        """Re-create (or undo the re-creation of) one key; False when nothing is left."""
-        with self._mutex:
-            if self._undo:
-                path, index = self._undo.popitem()
-                entry = None
-            elif self._missing:
-                path = self._missing.pop()
-                entry = self._ttl_keys.get(path)
-                if entry is None:
-                    return True  # deleted or rewritten without TTL by this store meanwhile
-            else:
-                return False
-        if entry is None:
-            self._undo_recreation(path, index)
-            return True
-        ttl, value = entry
-        try:
-            session = self._ttl_session(ttl)
-            ops = [
-                {"Verb": "check-not-exists", "Key": path},
-                {"Verb": "lock", "Key": path, "Value": b64(value), "Session": session.id},
-            ]
-            try:
-                results = self._transport.txn(f"re-create TTL key {path!r}", ops, idempotent=False)
-            except TxnFailed as exc:
-                if _session_invalid(exc):
-                    self._forget_ttl_session(ttl, "it was invalidated")
-                    raise UnavailableError(f"re-create {path!r} on {self}: {exc}") from exc
-                # The key exists: written by this store meanwhile (keep it), or by another
-                # client (theirs wins).
-                _, current = self._transport.kv_get(f"get {path!r}", path)
-                with self._mutex:
-                    if (
-                        current is not None
-                        and current.get("Session") != session.id
-                        and self._ttl_keys.get(path) is entry
-                    ):
-                        del self._ttl_keys[path]
-                return True
-        except BaseException:
-            with self._mutex:
-                if self._ttl_keys.get(path) is entry:
-                    self._missing.add(path)
-            raise
-        with self._mutex:
-            still_wanted = self._ttl_keys.get(path) is entry
-        if not still_wanted:
-            # This store deleted (or rewrote) the key while it was being re-created; its
-            # delete forgets the key before it is sent, so either the delete came after this
-            # write or the forgetting is seen here. Undo this write unless written again since.
-            self._undo_recreation(path, int(results[-1]["KV"]["ModifyIndex"]))
-        return True
+    def _recreate(self) -> bool:
+        """Write again (or undo re-creations of) the TTL keys of lost sessions; False when
+        nothing is left."""
+        groups = self._ttl_keys.lost_groups()
+        for ttl in groups:
+            self._ttl_keys.recreate(ttl, partial(self._create, ttl=ttl), self._delete_at)
+        return bool(groups)
 
-    def _undo_recreation(self, path: str, index: int) -> None:
-        ops = [{"Verb": "delete-cas", "Key": path, "Index": index}]
+    def _create(self, path: str, value: bytes, ttl: float) -> Created:
+        """Write the TTL key ``path`` if it is absent, on the session of ``ttl``."""
+        session = self._ttl_session(ttl)
+        ops = [
+            {"Verb": "check-not-exists", "Key": path},
+            {"Verb": "lock", "Key": path, "Value": b64(value), "Session": session.id},
+        ]
         try:
+            results = self._transport.txn(f"re-create TTL key {path!r}", ops, idempotent=False)
+        except TxnFailed as exc:
+            if _session_invalid(exc):
+                self._forget_ttl_session(ttl, "it was invalidated")
+                raise UnavailableError(f"re-create {path!r} on {self}: {exc}") from exc
+            # The key exists: written by this store meanwhile (keep it), or by another client
+            # (theirs wins).
+            _, current = self._transport.kv_get(f"get {path!r}", path)
+            return Created(False, ours=current is not None and current.get("Session") == session.id)
+        return Created(True, int(results[-1]["KV"]["ModifyIndex"]))
+
+    def _delete_at(self, path: str, index: int) -> None:
+        """Delete ``path`` unless it was written since ``index`` (undo a re-creation)."""
+        ops = [{"Verb": "delete-cas", "Key": path, "Index": index}]
+        with contextlib.suppress(TxnFailed):  # written again since: not ours to delete
             self._transport.txn(f"undo the re-creation of {path!r}", ops, idempotent=True)
-        except TxnFailed:
-            pass  # written again since: not ours to delete
-        except BaseException:
-            with self._mutex:
-                self._undo[path] = index
-            raise
 
     def _ensure_renewer(self) -> None:
         if self._renewer is None:
@@ -753,7 +713,6 @@ class ConsulStore(Store):
             sessions = list(self._sessions)
             self._ttl_sessions.clear()
             self._ttl_keys.clear()
-            self._missing.clear()
         try:
             for session in sessions:  # Consul deletes the TTL keys and lock keys they hold
                 try:
