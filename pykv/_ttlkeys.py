@@ -99,6 +99,12 @@ class TTLKeys(Generic[P, G]):
             for path in [p for p, (g, _) in self._keys.items() if g == group]:
                 del self._keys[path]
 
+    def group_of(self, path: P) -> G | None:
+        """The group ``path`` is tracked on, or None."""
+        with self.lock:
+            entry = self._keys.get(path)
+            return None if entry is None else entry[0]
+
     def clear(self) -> None:
         """Forget every key and group (the store closes)."""
         with self.lock:

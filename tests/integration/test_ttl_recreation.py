@@ -19,6 +19,7 @@ from typing import Any
 import consul
 import pyetcd
 import pytest
+from kazoo.client import KazooClient
 
 import pykv
 from pykv import StoreURL
@@ -119,15 +120,28 @@ def test_etcd_delete_during_a_re_creation_wins(etcd_url: str) -> None:
 def test_zookeeper_delete_during_a_re_creation_wins(zookeeper_url: str) -> None:
     with pykv.open_store(zookeeper_url, prefix=_prefix(), session_timeout=2) as store:
         store.put("eph", b"alive", ttl=2)
-        path = store._abs("eph")  # type: ignore[attr-defined]
-        stale = store._ephemeral[path]  # type: ignore[attr-defined]
-        store.delete("eph")
-        # a re-creation working from a snapshot taken before the delete (a new session)
-        store._recreate(path, stale)  # type: ignore[attr-defined]
+        store.put("keep", b"k", ttl=2)
+        real = store._create_again  # type: ignore[attr-defined]
+        hits: list[str] = []
+
+        def create_again(session: Any, path: str, value: bytes) -> Any:
+            if path.endswith("/eph") and not hits:
+                hits.append(path)
+                store.delete("eph")  # the user's delete lands just before the re-creation
+            return real(session, path, value)
+
+        store._create_again = create_again  # type: ignore[attr-defined]
+        # The server ends the TTL keys' session (as when the store was cut off for longer
+        # than its timeout): another client takes the session over and closes it.
+        session_id, password = store._session_for(2).client.client_id  # type: ignore[attr-defined]
+        hosts = ",".join(f"{h.host}:{h.port}" for h in StoreURL.parse(zookeeper_url).hosts)
+        thief = KazooClient(hosts=hosts, client_id=(session_id, password))
+        thief.start(timeout=10)
+        thief.stop()
+        thief.close()
+        wait_until(lambda: bool(hits), 15, "a re-creation")
+        wait_until(lambda: store.exists("keep"), 15, "keep written again")
+        time.sleep(3)
         assert not store.exists("eph")
-        store.put("eph2", b"v", ttl=2)
-        path2 = store._abs("eph2")  # type: ignore[attr-defined]
-        store._client.delete(path2)  # type: ignore[attr-defined]
-        store._recreate(path2, store._ephemeral[path2])  # type: ignore[attr-defined]
-        assert store.get("eph2").value == b"v"  # still wanted: written again
+        assert store.get("keep").value == b"k"
         store.delete_tree("")

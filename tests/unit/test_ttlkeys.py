@@ -138,3 +138,11 @@ def test_lost_groups_lists_the_groups_with_work_left_and_clear_forgets_all() -> 
     keys.clear()
     assert keys.lost_groups() == []
     assert len(keys) == 0
+
+
+def test_group_of_names_the_group_a_path_lives_on() -> None:
+    keys: TTLKeys[str, str] = TTLKeys()
+    keys.remember("a", "k", b"1")
+    assert keys.group_of("k") == "a"
+    keys.forget("k")
+    assert keys.group_of("k") is None

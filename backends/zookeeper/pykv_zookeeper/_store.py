@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar, TypeVar
 
 from kazoo.client import KazooClient
@@ -64,7 +65,7 @@ from pykv import (
     UnavailableError,
     Watch,
 )
-from pykv.kit import Change, TreeFeed
+from pykv.kit import Change, Created, TreeFeed, TTLKeys
 
 __all__ = ["ZooKeeperOptions", "ZooKeeperStore"]
 
@@ -207,14 +208,6 @@ def _ttl_class(ttl: float) -> float:
     if ttl < 60:
         return float(max(1, math.floor(ttl)))
     return float(math.floor(ttl / 60) * 60)
-
-
-@dataclass(eq=False)
-class _Tracked:
-    """A TTL key of this store: its value and the session that owns its ephemeral node."""
-
-    value: bytes
-    session: _Session
 
 
 @dataclass(eq=False)
@@ -432,7 +425,7 @@ class ZooKeeperStore(Store):
         self._multi_read: bool | None = None  # see _has_multi_read
         self._probe_after = 0.0
         # this store's TTL keys, re-created after their session expired
-        self._ephemeral: dict[str, _Tracked] = {}
+        self._ttl_keys: TTLKeys[str, _Session] = TTLKeys()
         self._watchers: set[_Watcher] = set()
         self._waiters: set[threading.Event] = set()
         self._stop = threading.Event()
@@ -715,16 +708,13 @@ class ZooKeeperStore(Store):
         return results[2]
 
     def _track(self, path: str, value: bytes | None, session: _Session | None = None) -> None:
-        with self._mutex:
-            if value is None or session is None:
-                self._ephemeral.pop(path, None)
-            else:
-                self._ephemeral[path] = _Tracked(value, session)
+        if value is None or session is None:
+            self._ttl_keys.forget(path)
+        else:
+            self._ttl_keys.remember(session, path, value)
 
     def _owned(self, path: str, session: _Session) -> bool:
-        with self._mutex:
-            tracked = self._ephemeral.get(path)
-            return tracked is not None and tracked.session is session
+        return self._ttl_keys.group_of(path) is session
 
     # -- keys and values ---------------------------------------------------------------------
 
@@ -997,9 +987,8 @@ class ZooKeeperStore(Store):
                 busy = self._delete_many(by_depth[depth], deadline) or busy
             if not busy:
                 break
-        with self._mutex:
-            for path in [p for p in self._ephemeral if p.startswith(base.rstrip("/") + "/")]:
-                del self._ephemeral[path]
+        below = base.rstrip("/") + "/"
+        self._ttl_keys.forget_where(lambda p: p.startswith(below))
         if base != self._root:
             self._prune_parents(base, deadline)
         elif base != "/":  # the emptied root node goes too, unless it holds a value
@@ -1138,8 +1127,7 @@ class ZooKeeperStore(Store):
         path = self._abs(key)
         # Untracked before the delete is sent, like in _delete, so that a re-creation after a
         # new session cannot outlive it (see _recreate); tracked again if nothing was deleted.
-        with self._mutex:
-            tracked = self._ephemeral.pop(path, None)
+        tracked = self._ttl_keys.forget(path)
         with self._errors(f"atomic_delete {key!r}"):
             deadline = self._deadline()
             try:
@@ -1153,9 +1141,7 @@ class ZooKeeperStore(Store):
                 except NoNodeError:
                     raise KeyNotFoundError(f"{key!r} not found in {self}") from None
             except BaseException:
-                if tracked is not None:
-                    with self._mutex:
-                        self._ephemeral.setdefault(path, tracked)
+                self._ttl_keys.restore(path, tracked)
                 raise
             self._prune_parents(path, deadline)
 
@@ -1225,22 +1211,23 @@ class ZooKeeperStore(Store):
                     watcher._fail(exc)
 
     def _resync(self, session: _Session) -> None:
-        if not session.resync.is_set() or not session.connected.is_set():
+        """After a new session began, write its TTL keys again (where nobody wrote them
+        meanwhile); what fails stays queued for the next round."""
+        if not session.connected.is_set():
             return
-        session.resync.clear()
-        with self._mutex:
-            todo = {p: t for p, t in self._ephemeral.items() if t.session is session}
-        for path, tracked in todo.items():
-            if self._stop.is_set():
-                return
-            try:
-                with self._errors(f"re-create TTL key {self._rel(path)!r}"):
-                    self._recreate(path, tracked)
-            except Exception:  # retried later
-                log.warning("%s: could not re-create %s", session, path, exc_info=True)
-                if not self._stop.wait(0.5):
-                    session.resync.set()
-                return
+        if session.resync.is_set():
+            session.resync.clear()
+            self._ttl_keys.lose(session)
+        if not self._ttl_keys.pending(session) or self._stop.is_set():
+            return
+        try:
+            with self._errors(f"re-create the TTL keys of {session}"):
+                self._ttl_keys.recreate(
+                    session, partial(self._create_again, session), self._delete_at
+                )
+        except Exception:  # retried on a later round
+            log.warning("%s: could not re-create its TTL keys", session, exc_info=True)
+            self._stop.wait(0.5)
 
     def _clean_up(self, session: _Session) -> None:
         """Delete the lock nodes of failed releases and acquisitions on ``session``."""
@@ -1283,30 +1270,21 @@ class ZooKeeperStore(Store):
         if job.key_path is not None:
             self._prune_parents(job.key_path, deadline)
 
-    def _recreate(self, path: str, tracked: _Tracked) -> None:
+    def _create_again(self, session: _Session, path: str, value: bytes) -> Created:
+        """Write the TTL key ``path`` on ``session`` if it is absent (``TTLKeys`` hook)."""
         deadline = self._deadline()
-        session = tracked.session
         try:
-            _, stat = self._create(
-                path, tracked.value, deadline, ephemeral=True, client=session.client
-            )
+            _, stat = self._create(path, value, deadline, ephemeral=True, client=session.client)
         except NodeExistsError:
             found = self._read(path, deadline)
-            if found is not None and found[1].ephemeralOwner != session.session_id:
-                # someone else wrote the key meanwhile: theirs wins
-                with self._mutex:
-                    if self._ephemeral.get(path) is tracked:
-                        del self._ephemeral[path]
-            return
-        with self._mutex:
-            still_wanted = self._ephemeral.get(path) is tracked
-        if not still_wanted:
-            # This store deleted (or rewrote) the key while it was being re-created: the
-            # delete untracks before it is sent, and this check follows the create's answer,
-            # so either the delete came after the create, or the untracking is seen here. Undo
-            # the create unless the key was written again since.
-            with contextlib.suppress(NoNodeError, BadVersionError, NotEmptyError):
-                self._wait(self._client.delete_async(path, stat.version), deadline)
+            ours = found is not None and found[1].ephemeralOwner == session.session_id
+            return Created(False, ours=ours)  # not ours: someone else wrote it, theirs wins
+        return Created(True, stat.version)
+
+    def _delete_at(self, path: str, version: int) -> None:
+        """Delete ``path`` unless it was written since (``TTLKeys`` hook: undo a re-creation)."""
+        with contextlib.suppress(NoNodeError, BadVersionError, NotEmptyError):
+            self._wait(self._client.delete_async(path, version), self._deadline())
 
     # -- watches -----------------------------------------------------------------------------
 
@@ -1369,7 +1347,7 @@ class ZooKeeperStore(Store):
             watchers = list(self._watchers)
             locks = [lock for session in sessions for lock in session.locks]
             waiters = list(self._waiters)
-            self._ephemeral.clear()
+            self._ttl_keys.clear()
         for watcher in watchers:
             watcher.watch.close()
         for event in waiters:
