@@ -258,6 +258,29 @@ def test_v2_close_with_many_hung_watches_takes_one_timeout(
         other.delete_tree("")
 
 
+def test_v2_close_with_many_ttl_keys_on_a_hung_etcd_takes_one_timeout(
+    etcd2_url: str, prefix: str, proxy: _Proxy
+) -> None:
+    """close() deletes the store's TTL keys within one budget, not 2 s per key, when etcd
+    stops answering; the keys left expire within their TTL."""
+    timeout = 1.0
+    store = pykv.open_store(_via(proxy, "etcd2"), prefix=prefix, timeout=timeout)
+    for i in range(20):
+        store.put(f"ttl/{i}", b"v", ttl=TTL)
+    proxy.stall()
+    started = time.monotonic()
+    store.close()
+    took = time.monotonic() - started
+    proxy.resume()
+    assert took < 3 * timeout, f"close() took {took:.1f} s with 20 TTL keys"
+    with pykv.open_store(etcd2_url, prefix=prefix) as other:
+        deadline = time.monotonic() + TTL + SLACK + 2
+        while any(other.exists(f"ttl/{i}") for i in range(20)):
+            assert time.monotonic() < deadline, "TTL keys outlived their TTL after close()"
+            time.sleep(0.2)
+        other.delete_tree("")
+
+
 def test_v2_watch_fails_over_from_a_member_that_stopped_answering(
     etcd2_url: str, prefix: str
 ) -> None:
