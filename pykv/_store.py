@@ -51,7 +51,7 @@ import logging
 import threading
 import time
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
@@ -535,6 +535,30 @@ class Store(Closing, abc.ABC):
     def _check_open(self) -> None:
         if self._closed:
             raise PyKVError(f"the store {self} is closed")
+
+    def _release_for_close(self, locks: Iterable[Lock], server: str) -> bool:
+        """Release ``locks`` as the store closes (drivers' ``_close``). On the first failure
+        to reach the server the rest are only marked lost: the server frees them within
+        their TTL, and close() never waits one timeout per lock. Returns whether the server
+        could be reached."""
+        reachable = True
+        for lock in locks:
+            with lock._mutex:
+                if not lock._held:
+                    continue
+                if not reachable:
+                    lock._mark_lost(f"the store was closed while {server} could not be reached")
+                    lock._held = False
+                    continue
+                lock._held = False
+                try:
+                    lock._release()
+                except UnavailableError as exc:
+                    reachable = False
+                    log.info("%s: close: releasing lock %r failed (%s)", self, lock.key, exc)
+                except PyKVError as exc:
+                    log.debug("%s: close: releasing lock %r failed (%s)", self, lock.key, exc)
+        return reachable
 
     def _path(self, key: str) -> str:
         """The absolute backend path of a normalised key (prefix joined, no leading ``/``)."""

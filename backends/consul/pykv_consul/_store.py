@@ -706,18 +706,27 @@ class ConsulStore(Store):
         return ConsulLock(self, key, value, ttl)
 
     def _close(self) -> None:
-        for lock in list(self._locks):
-            with contextlib.suppress(PyKVError):
-                lock._cleanup_lost() if lock.lost.is_set() else lock.release()
+        # On the first failure to reach Consul the rest is left to expire (see
+        # Store._release_for_close), so close() takes about one timeout at worst.
+        reachable = self._release_for_close(list(self._locks), "Consul")
         with self._mutex:
             sessions = list(self._sessions)
             self._ttl_sessions.clear()
             self._ttl_keys.clear()
         try:
             for session in sessions:  # Consul deletes the TTL keys and lock keys they hold
+                if not reachable:
+                    log.warning(
+                        "%s: close: Consul could not be reached; it removes the keys of %d "
+                        "sessions within their TTL",
+                        self,
+                        len(sessions),
+                    )
+                    break
                 try:
                     self._destroy(session)
                 except PyKVError as exc:
+                    reachable = not isinstance(exc, UnavailableError)
                     log.warning(
                         "%s: could not destroy the session of %s (%s); Consul removes its keys "
                         "within its TTL",

@@ -1210,11 +1210,11 @@ class Etcd2Store(Store):
 
     def _close(self) -> None:
         try:
-            for lock in list(self._locks):
-                with contextlib.suppress(PyKVError):
-                    lock._cleanup_lost() if lock.lost.is_set() else lock.release()
+            # On the first failure to reach etcd the rest is left to expire (see
+            # Store._release_for_close), so close() takes about one timeout at worst.
+            reachable = self._release_for_close(list(self._locks), "etcd")
             with self._mutex:
-                ttl_keys = list(self._ttl_keys.values())
+                ttl_keys = list(self._ttl_keys.values()) if reachable else []
                 self._ttl_keys.clear()
             # Delete only what is still our write, within one budget for all of them: a
             # server that stopped answering must not make close() wait 2 s per key. Keys left
@@ -1755,9 +1755,10 @@ class _Etcd2Lock(Lock):
         what = f"unlock {self.key!r}"
         with store._mutex:
             store._locks.discard(self)
-        self._due = math.inf
-        try:
-            if self._value_path:
+        self._due = math.inf  # not renewed any more: the holder key expires within the TTL
+        failed: PyKVError | None = None
+        if self._value_path:
+            try:
                 reply = store._call(
                     "DELETE",
                     self._value_path,
@@ -1767,9 +1768,14 @@ class _Etcd2Lock(Lock):
                 )
                 if reply.code is None:
                     store._written(reply)
-        finally:
-            reply = store._call(
-                "DELETE", self._side, what, params={"prevValue": self._holder}, safe=False
-            )
-            if reply.code is None:
-                store._written(reply)
+            except UnavailableError:
+                raise  # etcd cannot be reached: a second call would wait out the timeout too
+            except PyKVError as exc:
+                failed = exc
+        reply = store._call(
+            "DELETE", self._side, what, params={"prevValue": self._holder}, safe=False
+        )
+        if reply.code is None:
+            store._written(reply)
+        if failed is not None:
+            raise failed

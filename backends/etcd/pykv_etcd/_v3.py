@@ -33,7 +33,6 @@ from pykv import (
     PyKVError,
     Store,
     StoreURL,
-    UnavailableError,
     Watch,
 )
 from pykv.kit import KeyFeed, TreeFeed
@@ -315,18 +314,8 @@ class EtcdStore(Store):
     def _close(self) -> None:
         # If etcd cannot be reached, give up on the first failure instead of waiting out one
         # timeout per lock and lease: etcd expires the leases (and so the keys) by itself.
-        reachable = True
         locks = [lock for lock in self._leases.held_locks() if isinstance(lock, _EtcdLock)]
-        for lock in locks:
-            if not reachable:
-                lock._mark_lost("the store was closed while etcd could not be reached")
-                continue
-            try:
-                lock._cleanup_lost() if lock.lost.is_set() else lock.release()
-            except UnavailableError:
-                reachable = False
-            except PyKVError:
-                pass
+        reachable = self._release_for_close(locks, "etcd")
         self._leases.stop()
         self._client.cancel_waits()
         self._mux.stop()  # closes the watches
