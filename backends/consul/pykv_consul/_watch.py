@@ -188,6 +188,10 @@ class Poller:
                     log.info("%s: %s (retrying in %.2f s)", mux.owner, exc, backoff)
                     mux.stop.wait(backoff)
                     backoff = min(backoff * 2, 2.0)
+                    # Read once without blocking next: that call fails over from agent to
+                    # agent within a share of the timeout each, where a blocking query would
+                    # wait out its whole wait on a next agent that is cut off too.
+                    index = 0
                     continue
                 failing_since, backoff = None, 0.05
                 # Consul's rules: an index that goes backwards (a snapshot restore, a new
