@@ -491,3 +491,61 @@ def test_a_watch_fails_over_from_a_server_that_went_silent(
     finally:
         first.close()
         second.close()
+
+
+# -- kazoo's "xids do not match": the connection loop dies -------------------------------------
+
+
+def _break_connection_loop(session: Any) -> None:
+    """Make kazoo meet a reply out of order on ``session``'s next answer, exactly as its
+    connection does (python-zk/kazoo#254): the waiting call gets the RuntimeError and the
+    connection loop ends with it (the client goes CLOSED and nothing reconnects it)."""
+    connection = session.client._connection
+    real = connection._read_response
+
+    def read_response(header: Any, buffer: Any, offset: int) -> Any:
+        connection._read_response = real
+        _request, async_object, xid = session.client._pending.popleft()
+        exc = RuntimeError("xids do not match, expected %r received %r", xid, xid + 1)
+        async_object.set_exception(exc)
+        raise exc
+
+    connection._read_response = read_response
+
+
+def test_a_reply_out_of_order_is_a_connection_loss_and_the_store_recovers(
+    zk_url: str, prefix: str, stores: list[Store]
+) -> None:
+    """The call meets a pykv error (not kazoo's RuntimeError), the dead client is started
+    again with a new session, TTL keys come back, a lock on the dead session is lost (and
+    free again), and a watch goes on."""
+    store = _open(stores, zk_url, prefix=prefix)
+    store.put("k", b"v")
+    store.put("eph", b"e", ttl=2)
+    lock = store.lock("l", ttl=2)
+    assert lock.acquire(timeout=10)
+    watch = store.watch("k")
+    assert watch.get(timeout=5) is not None
+
+    _break_connection_loop(store._main)  # type: ignore[attr-defined]
+    with contextlib.suppress(pykv.PyKVError):  # a pykv error or an answer, never RuntimeError
+        store.get("k")
+    wait_until(lambda: _reads(store), 15, "the store to answer again")
+    store.put("k", b"after")
+    assert drain_until(watch, lambda e: e is not None and e.value == b"after", 15) is not None
+
+    session = store._session_for(2)  # type: ignore[attr-defined]
+    _break_connection_loop(session)
+    with contextlib.suppress(pykv.PyKVError):
+        store.put("eph2", b"x", ttl=2)  # on the TTL session: meets the broken reply
+    wait_until(lock.lost.is_set, 10, "the lock on the dead session to be lost")
+    wait_until(lambda: _reads(store, "eph"), 15, "the TTL key to come back on a new session")
+    with pykv.open_store(zk_url, prefix=prefix) as other:
+        assert other.lock("l", ttl=2).acquire(timeout=10)
+
+
+def _reads(store: Store, key: str = "k") -> bool:
+    try:
+        return store.exists(key)
+    except pykv.PyKVError:
+        return False

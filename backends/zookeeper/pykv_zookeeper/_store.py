@@ -32,6 +32,7 @@ from kazoo.exceptions import (
     SessionExpiredError,
     UnimplementedError,
 )
+from kazoo.handlers.threading import AsyncResult as ThreadingAsyncResult
 from kazoo.handlers.threading import KazooTimeoutError, SequentialThreadingHandler
 from kazoo.protocol.serialization import (
     Create2,
@@ -116,11 +117,33 @@ class ZooKeeperOptions(TLSOptions):
             raise ConfigurationError("option 'session_timeout' must be a positive number")
 
 
+class _Result(ThreadingAsyncResult):  # type: ignore[misc]
+    """kazoo's async result, with kazoo's "xids do not match" (a reply out of order on the
+    connection: kazoo drops the connection and ends its connection loop, python-zk/kazoo#254)
+    delivered as what it is to the caller, a ConnectionLoss: the request may or may not have
+    been applied. Raw, it is a RuntimeError that escaped pykv's error mapping."""
+
+    def set_exception(self, exception: BaseException) -> None:
+        if isinstance(exception, RuntimeError) and _xid_mismatch(exception):
+            lost = ConnectionLoss(f"kazoo: {exception.args[0] % exception.args[1:]}")
+            lost.__cause__ = exception
+            exception = lost
+        super().set_exception(exception)
+
+
+def _xid_mismatch(exc: BaseException) -> bool:
+    return bool(exc.args) and str(exc.args[0]).startswith("xids do not match")
+
+
 class _Handler(SequentialThreadingHandler):  # type: ignore[misc]
     """kazoo's threading handler, remembering why the last TLS handshake failed: kazoo only
-    retries, so the store names the reason when it gives up."""
+    retries, so the store names the reason when it gives up; its results map kazoo's
+    out-of-order replies to a ConnectionLoss (:class:`_Result`)."""
 
     tls_error: ssl.SSLError | None = None
+
+    def async_result(self) -> _Result:
+        return _Result(self)
 
     def create_connection(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -241,6 +264,8 @@ class _Session:
         self.suspended_since: float | None = None
         self.connected = threading.Event()
         self.resync = threading.Event()
+        #: kazoo's connection loop died: the upkeep worker starts the client again
+        self.restart = False
         self.locks: set[_ZooKeeperLock] = set()
         self.cleanups: list[_Cleanup] = []
         self.warned = False
@@ -350,6 +375,11 @@ class _Session:
         elif state == KazooState.LOST:
             self.suspended_since = None
             self.mark_locks_lost(f"its {self} expired")
+            if self.client.client_state == KeeperState.CLOSED and not self.client._stopped.is_set():
+                # kazoo's connection loop died (not stopped by us): nothing reconnects this
+                # client any more. The upkeep worker starts it again, with a new session.
+                log.warning("%s: kazoo's connection loop ended; starting it again", self)
+                self.restart = True
         elif state == KazooState.CONNECTED:
             self.suspended_since = None
             session = self.current()
@@ -1183,6 +1213,9 @@ class ZooKeeperStore(Store):
                 if self._stop.is_set():
                     return
                 try:
+                    if session.restart:
+                        session.client.start_async()
+                        session.restart = False
                     self._clean_up(session)
                     self._resync(session)
                 except Exception:  # logged, and tried again on the next round
