@@ -38,6 +38,10 @@ log = logging.getLogger("pykv.consul")
 #: share one recursive query on their common prefix.
 SOLO_LIMIT = 8
 
+#: The longest pause between failed queries: short, so that a watch sees the first change
+#: soon after a new leader is elected (each retry fails fast while there is none).
+MAX_BACKOFF = 0.5
+
 StartThread = Callable[[str, Callable[[], None]], threading.Thread]
 
 
@@ -187,7 +191,7 @@ class Poller:
                         return
                     log.info("%s: %s (retrying in %.2f s)", mux.owner, exc, backoff)
                     mux.stop.wait(backoff)
-                    backoff = min(backoff * 2, 2.0)
+                    backoff = min(backoff * 2, MAX_BACKOFF)
                     # Read once without blocking next: that call fails over from agent to
                     # agent within a share of the timeout each, where a blocking query would
                     # wait out its whole wait on a next agent that is cut off too.
