@@ -31,8 +31,14 @@ def store(consul_url: str) -> Iterator[pykv.Store]:
         store.delete_tree("")
 
 
-def _consul_threads() -> int:
-    return sum(1 for t in threading.enumerate() if t.name.startswith("pykv-consul"))
+def _consul_threads(store: pykv.Store) -> int:
+    """The threads of ``store``'s pollers (named after the paths they watch, which start with
+    the store's own prefix): other stores' threads winding down do not count."""
+    return sum(
+        1
+        for t in threading.enumerate()
+        if t.name.startswith("pykv-consul") and f"{store.prefix}/" in t.name
+    )
 
 
 def _latest(watch: Watch[Any], timeout: float = 0.3) -> Any:
@@ -50,10 +56,10 @@ def test_a_thousand_watches_over_fifty_keys_share_a_few_threads(store: pykv.Stor
 
 
 def test_a_thousand_watches_of_one_key_cost_one_thread(store: pykv.Store) -> None:
-    before = _consul_threads()
+    before = _consul_threads(store)
     watches = [store.watch("one") for _ in range(1000)]
     try:
-        assert _consul_threads() - before == 1
+        assert _consul_threads(store) - before == 1
         store.put("one", b"v")
         for watch in watches:
             pair = drain_until(watch, lambda e: e is not None, 10)
@@ -62,7 +68,7 @@ def test_a_thousand_watches_of_one_key_cost_one_thread(store: pykv.Store) -> Non
     finally:
         for watch in watches:
             watch.close()
-    wait_until(lambda: _consul_threads() == before, 10, "the poller to end")
+    wait_until(lambda: _consul_threads(store) == before, 10, "the poller to end")
 
 
 def test_keys_beyond_the_solo_limit_share_one_query_and_keep_their_own_events(
@@ -78,7 +84,7 @@ def test_keys_beyond_the_solo_limit_share_one_query_and_keep_their_own_events(
         for name in names:
             if name != "b/y":
                 assert watches[name].get(timeout=5) is None
-        assert _consul_threads() <= SOLO_LIMIT + 1
+        assert _consul_threads(store) <= SOLO_LIMIT + 1
         for round_ in range(3):
             for name in names:
                 store.put(name, f"{name} {round_}")
@@ -147,11 +153,11 @@ def test_a_watch_joining_a_busy_query_never_goes_backwards(store: pykv.Store) ->
 
 
 def test_tree_watches_of_one_prefix_share_a_thread(store: pykv.Store) -> None:
-    before = _consul_threads()
+    before = _consul_threads(store)
     trees = [store.watch_tree("t") for _ in range(50)]
     other = store.watch_tree("u")
     try:
-        assert _consul_threads() - before == 2
+        assert _consul_threads(store) - before == 2
         for tree in [*trees, other]:
             assert tree.get(timeout=5) == []
         store.put("t/1", b"1")
