@@ -1,6 +1,7 @@
 """close() on a server that stopped answering (a stalled TCP proxy in front of the real one):
-held locks, TTL keys of several TTLs and a watch cost about one timeout in all, not one per
-lock, session or key; what close() could not release expires within its TTL."""
+held locks, TTL keys of several TTLs and a watch cost a couple of timeouts in all (one failed
+release, then the threads' joins), not one per lock, session or key (before: 21-24 s with the
+timeout below); what close() could not release expires within its TTL."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ TIMEOUT = 2.0
         pytest.param("zookeeper_url", "zk", marks=pytest.mark.zookeeper),
     ],
 )
-def test_close_on_a_hung_server_takes_about_one_timeout(
+def test_close_on_a_hung_server_takes_a_couple_of_timeouts(
     request: pytest.FixtureRequest, fixture: str, scheme: str
 ) -> None:
     url = request.getfixturevalue(fixture)
@@ -49,7 +50,7 @@ def test_close_on_a_hung_server_takes_about_one_timeout(
         started = time.monotonic()
         store.close()
         took = time.monotonic() - started
-        assert took < 3 * TIMEOUT, f"close() took {took:.1f} s with 5 locks and 5 TTLs"
+        assert took < 4 * TIMEOUT, f"close() took {took:.1f} s with 5 locks and 5 TTLs"
         assert not any(lock.held for lock in locks)
         assert watch.closed
     finally:
