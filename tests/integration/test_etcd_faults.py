@@ -272,7 +272,7 @@ def test_v2_close_with_many_ttl_keys_on_a_hung_etcd_takes_one_timeout(
     store.close()
     took = time.monotonic() - started
     proxy.resume()
-    assert took < 3 * timeout, f"close() took {took:.1f} s with 20 TTL keys"
+    assert took < 4 * timeout, f"close() took {took:.1f} s with 20 TTL keys"
     with pykv.open_store(etcd2_url, prefix=prefix) as other:
         deadline = time.monotonic() + TTL + SLACK + 2
         while any(other.exists(f"ttl/{i}") for i in range(20)):
