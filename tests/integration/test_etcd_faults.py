@@ -315,3 +315,27 @@ def test_v2_watch_fails_over_from_a_member_that_stopped_answering(
         watcher.close()
         writer.delete_tree("")
         writer.close()
+
+
+def test_v2_watch_far_behind_reads_its_state_again(
+    etcd2_url: str, prefix: str, proxy: _Proxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A watch that fell far behind (its poll stalled while 500 writes went by) reads the
+    watched state once instead of replaying one long poll per event, and ends at the final
+    value."""
+    with (
+        pykv.open_store(_via(proxy, "etcd2"), prefix=prefix, timeout=2) as watcher,
+        pykv.open_store(etcd2_url, prefix=prefix) as writer,
+    ):
+        watch = watcher.watch("k")
+        assert watch.get(timeout=5) is None
+        proxy.stall()
+        for i in range(500):
+            writer.put(f"noise/{i}", b"x")
+        writer.put("k", b"final")
+        with caplog.at_level("INFO", logger="pykv.etcd2"):
+            proxy.resume()
+            event = drain_until(watch, lambda e: e is not None and e.value == b"final", 15)
+        assert event is not None
+        assert any("events behind, re-reading" in r.getMessage() for r in caplog.records)
+        writer.delete_tree("")

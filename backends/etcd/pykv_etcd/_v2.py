@@ -173,6 +173,11 @@ E_NOT_DIR = 104
 E_EXISTS = 105
 E_DIR_NOT_EMPTY = 108
 E_INDEX_CLEARED = 401
+#: Where a long poll's event carries the member's X-Etcd-Index (see _Poller._once).
+ETCD_INDEX = "pykv-etcd-index"
+#: A watch this many events behind the store reads its state again instead of replaying them
+#: (etcd v2 answers a long poll with one event: about a hundred a second to catch up with).
+RESYNC_BEHIND = 100
 
 _DELETES = frozenset({"delete", "compareAndDelete", "expire"})
 
@@ -1168,6 +1173,8 @@ class Etcd2Store(Store):
                         return None
                     continue
                 raise self._fail(_Reply(resp.status, body, 0), what)
+            # the member's index when the poll began: how far behind the event is
+            body[ETCD_INDEX] = int(resp.headers.get("X-Etcd-Index") or 0)
             return body
 
     def _start_watch(self, worker: _WatchWorker) -> None:
@@ -1362,22 +1369,33 @@ class _Poller:
             event = store._wait(store._node(""), index, True, self.poll, store.timeout, "watch")
         except _IndexCleared:
             log.info("%s: watching: event index cleared, re-reading", store)
-            with self.lock:
-                indices = [worker._resync() for worker in self.watches]
-                for worker, read in zip(self.watches, indices, strict=True):
-                    worker.after = read
-                if indices:
-                    self.next_index = min(indices) + 1
+            self._resync_all()
             return
         if event is None or self.poll.stop.is_set():
             return  # no answer in time: the next poll goes to the next member
         position = int(event["node"]["modifiedIndex"])
+        behind = int(event.get(ETCD_INDEX) or 0) - position
+        if behind > RESYNC_BEHIND:
+            # Far behind (after an outage): the current state in one read per watch, not one
+            # poll per event missed; the watches skip events up to their read.
+            log.info("%s: watching: %d events behind, re-reading", store, behind)
+            self._resync_all()
+            return
         with self.lock:
             for worker in self.watches:
                 if position > worker.after:
                     worker.after = position
                     worker._apply(event)
             self.next_index = max(self.next_index, position + 1)
+
+    def _resync_all(self) -> None:
+        """Every watch reads its state again; the poll goes on from the oldest read."""
+        with self.lock:
+            indices = [worker._resync() for worker in self.watches]
+            for worker, read in zip(self.watches, indices, strict=True):
+                worker.after = read
+            if indices:
+                self.next_index = min(indices) + 1
 
 
 class _WatchWorker:
