@@ -339,3 +339,21 @@ def test_v2_watch_far_behind_reads_its_state_again(
         assert event is not None
         assert any("events behind, re-reading" in r.getMessage() for r in caplog.records)
         writer.delete_tree("")
+
+
+def test_v2_a_call_tries_every_member_within_its_timeout(etcd2_url: str, prefix: str) -> None:
+    """Two members that do not answer (stalled proxies) before one that does: an idempotent
+    call gives each a share of its timeout and reaches the third in time."""
+    target = _address(etcd2_url)
+    stalled = [_Proxy(target), _Proxy(target)]
+    try:
+        for proxy in stalled:
+            proxy.stall()
+        hosts = ",".join(f"127.0.0.1:{p.port}" for p in stalled) + f",{target[0]}:{target[1]}"
+        with pykv.open_store(f"etcd2://{hosts}", prefix=prefix, timeout=3) as store:
+            store.put("k", b"v")
+            assert store.get("k").value == b"v"
+            store.delete_tree("")
+    finally:
+        for proxy in stalled:
+            proxy.close()
